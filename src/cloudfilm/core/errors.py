@@ -1,0 +1,78 @@
+"""One error hierarchy, with one table mapping each error to HTTP and DIMSE statuses.
+
+DIMSE C-STORE statuses follow PS3.4 B.2.3 (0xA7xx out of resources, 0xA9xx data set does not
+match SOP class, 0xCxxx cannot understand); STOW-RS failure reasons use the same codes
+(PS3.18 Table I.2-2).
+"""
+
+from __future__ import annotations
+
+
+class CloudFilmError(Exception):
+    """Base of every error cloudfilm raises on purpose."""
+
+    #: HTTP status for the error.
+    status: int = 500
+    #: C-STORE failure status (PS3.4 B.2.3) and STOW-RS FailureReason.
+    dimse_status: int = 0x0110  # processing failure
+    #: A short machine-readable code.
+    code: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidDicom(CloudFilmError):
+    """The data cannot be parsed as DICOM, or lacks what identifies it."""
+
+    status = 400
+    dimse_status = 0xC000  # cannot understand
+    code = "invalid-dicom"
+
+
+class MissingIdentifier(InvalidDicom):
+    """Readable DICOM without SOP Class/Instance, Study or Series UID."""
+
+    dimse_status = 0xA900  # data set does not match SOP class (required attribute missing)
+    code = "missing-identifier"
+
+
+class NotFound(CloudFilmError):
+    status = 404
+    code = "not-found"
+
+
+class Conflict(CloudFilmError):
+    """A known SOP Instance UID arrived with another patient, study or series."""
+
+    status = 409
+    dimse_status = 0xC001  # documented in docs/archive.md: cannot understand, identity conflict
+    code = "conflict"
+
+
+class Forbidden(CloudFilmError):
+    status = 403
+    code = "forbidden"
+
+
+class TooLarge(CloudFilmError):
+    status = 413
+    dimse_status = 0xA700  # out of resources
+    code = "too-large"
+
+
+class OutOfResources(CloudFilmError):
+    """The disk is at its configured free-space floor, or storage failed."""
+
+    status = 507
+    dimse_status = 0xA700
+    code = "out-of-resources"
+
+
+class StorageFailure(CloudFilmError):
+    """Writing a blob or committing the index failed; nothing was kept."""
+
+    status = 503
+    dimse_status = 0xA700
+    code = "storage-failure"
