@@ -422,6 +422,13 @@ class Archive:
     def _prune(self, session: Session, series_pk: int, study_pk: int) -> None:
         """Drop a series, study or patient left empty, and refresh the study's counts."""
         session.execute(delete(Series).where(Series.pk == series_pk, Series.num_instances <= 0))
+        self._prune_empty(session, study_pk)
+
+    def _prune_empty(self, session: Session, study_pk: int) -> None:
+        """Drop empty series of a study; then the study and patient if empty; else recount."""
+        session.execute(
+            delete(Series).where(Series.study_pk == study_pk, Series.num_instances <= 0)
+        )
         remaining = session.execute(
             select(func.count(Series.pk)).where(Series.study_pk == study_pk)
         ).scalar_one()

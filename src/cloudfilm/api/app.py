@@ -1,0 +1,88 @@
+"""The HTTP application: health and metrics now; DICOMweb, sharing and the viewer mount here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+
+from cloudfilm import __version__
+from cloudfilm.api.deps import ArchiveDep
+from cloudfilm.api.metrics import LatencyHistogram, render_counters
+from cloudfilm.archive import Archive
+from cloudfilm.core.config import Settings
+from cloudfilm.core.errors import CloudFilmError
+from cloudfilm.index.queries import archive_totals
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
+    """Build the application; it opens its own archive unless one is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = archive is None
+        app.state.archive = archive or Archive.open(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.archive.close()
+
+    app = FastAPI(title="cloudfilm", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.latency = LatencyHistogram()
+    if archive is not None:
+        app.state.archive = archive
+
+    @app.middleware("http")
+    async def _time(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "<unmatched>")
+        app.state.latency.observe(template, request.method, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(CloudFilmError)
+    async def _cloudfilm_error(_request: Request, exc: CloudFilmError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
+
+    @app.get("/health")
+    def health(archive: ArchiveDep) -> JSONResponse:
+        """Liveness and readiness: the index answers and the blob store is reachable."""
+        checks: dict[str, str] = {}
+        try:
+            with archive.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["index"] = "ok"
+        except Exception as exc:
+            checks["index"] = f"error: {type(exc).__name__}"
+        try:
+            archive.blobs.exists("health/probe")
+            checks["storage"] = "ok"
+        except Exception as exc:
+            checks["storage"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        body = {"status": "ok" if ok else "error", "version": __version__, **checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(archive: ArchiveDep) -> PlainTextResponse:
+        """Prometheus metrics: instances received by outcome, bytes, archive size, latency."""
+        with archive.sessions() as session:
+            totals = archive_totals(session)
+        lines = render_counters(archive.counters, totals) + app.state.latency.render()
+        return PlainTextResponse(
+            "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    return app
