@@ -1,9 +1,10 @@
 """Shared fixtures: settings and an archive on a temporary folder, on SQLite or PostgreSQL.
 
-The index backend is chosen by ``CLOUDFILM_DATABASE_URL``: unset means SQLite in the temporary
-data folder; a ``postgresql://`` URL gives each test its own schema in that database, dropped
-afterwards. ``CLOUDFILM_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns a missing service into a
-failure instead of a skip.
+Tests that use the index run on SQLite (in the temporary data folder) and, when
+``CLOUDFILM_DATABASE_URL`` names a PostgreSQL database, once more on PostgreSQL: each such test
+gets its own schema in that database, dropped afterwards (test ids end in ``[sqlite]`` or
+``[postgresql]``). ``CLOUDFILM_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns a missing
+service into a failure instead of a skip.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cloudfilm.archive import Archive  # noqa: E402
-from cloudfilm.core.config import Settings  # noqa: E402
+from cloudfilm.archive import Archive
+from cloudfilm.core.config import Settings
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 REQUIRE_SERVICES = os.environ.get("CLOUDFILM_REQUIRE_SERVICES") == "1"
@@ -37,11 +38,15 @@ def _postgres_url() -> str | None:
     return url if url.startswith(("postgresql", "postgres")) else None
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str | None]:
+def _backends() -> list[str]:
+    return ["sqlite", "postgresql"] if _postgres_url() else ["sqlite"]
+
+
+@pytest.fixture(params=_backends())
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None for SQLite in the data folder; else a PostgreSQL URL bound to a fresh schema."""
     base = _postgres_url()
-    if base is None:
+    if request.param == "sqlite" or base is None:
         yield None
         return
     import sqlalchemy as sa

@@ -115,8 +115,12 @@ def test_replace_policy_swaps_the_instance(settings: Settings) -> None:
         assert archive.read_instance(ds.SOPInstanceUID) == new
         assert len(blob_files(archive)) == 1  # the old blob removed once the new was durable
         with archive.sessions() as session:
-            assert session.execute(select(Study).where(Study.study_uid == old_study)).first() is None
-            assert session.execute(select(Patient).where(Patient.patient_id == "P1")).first() is None
+            assert (
+                session.execute(select(Study).where(Study.study_uid == old_study)).first() is None
+            )
+            assert (
+                session.execute(select(Patient).where(Patient.patient_id == "P1")).first() is None
+            )
         assert check_archive(archive).consistent_after
 
 
@@ -308,9 +312,19 @@ def _undeclared_gbk() -> bytes:
 
 @pytest.mark.parametrize(
     ("name", "expect"),
-    [("王^小东", 1), ("张^小东", 1), ("王^小東", 1), ("*小东", 2), ("wang*", 2), ("李^四", 1), ("zhang^xiaodong", 1)],
+    [
+        ("王^小东", 1),
+        ("张^小东", 1),
+        ("王^小東", 1),
+        ("*小东", 2),
+        ("wang*", 2),
+        ("李^四", 1),
+        ("zhang^xiaodong", 1),
+    ],
 )
-def test_chinese_names_are_found_by_unicode_search(archive: Archive, name: str, expect: int) -> None:
+def test_chinese_names_are_found_by_unicode_search(
+    archive: Archive, name: str, expect: int
+) -> None:
     for file in ("chrX1.dcm", "chrX2.dcm", "chrGB2312.dcm"):  # UTF-8, GB18030, ISO 2022 IR 58
         assert archive.store((CHARSET_DIR / file).read_bytes()).ok
     assert archive.store(_undeclared_gbk()).status is StoreStatus.STORED

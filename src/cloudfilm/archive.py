@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -186,7 +186,7 @@ class Archive:
                 raise TooLarge(f"instance of {len(data)} bytes exceeds the limit of {limit}")
             return io.BytesIO(bytes(data))
         spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned to a with block
-            max_size=self.settings.spool_memory_bytes, dir=self.settings.tmp_dir
+            max_size=self.settings.spool_memory_bytes, dir=str(self.settings.tmp_dir)
         )
         total = 0
         try:
@@ -228,7 +228,7 @@ class Archive:
         header = header_json(parsed.dataset, parsed.pixel_data_vr)
         key = _new_blob_key()
         spool.seek(0)
-        info = self.blobs.put(key, _Prefixed(parsed.header_prefix, spool))
+        info = self.blobs.put(key, cast(BinaryIO, _Prefixed(parsed.header_prefix, spool)))
         row = {
             "sop_instance_uid": parsed.sop_instance_uid,
             "sop_class_uid": parsed.sop_class_uid,

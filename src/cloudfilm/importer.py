@@ -81,8 +81,14 @@ def _from_file(path: Path) -> Iterator[ImportItem | tuple[str, str]]:
     if _is_dicomdir(path):
         yield (str(path), "DICOMDIR (media index, not an instance)")
         return
-    size = path.stat().st_size
-    yield ImportItem(str(path), size, lambda: path.open("rb"))
+    yield ImportItem(str(path), path.stat().st_size, _opener(path))
+
+
+def _opener(path: Path) -> Callable[[], BinaryIO]:
+    def open_file() -> BinaryIO:
+        return path.open("rb")
+
+    return open_file
 
 
 def dicomdir_files(path: Path) -> list[Path]:
@@ -107,7 +113,7 @@ def dicomdir_files(path: Path) -> list[Path]:
 
 def collect_dicomdir(path: Path) -> Iterator[ImportItem]:
     for file in dicomdir_files(path):
-        yield ImportItem(str(file), file.stat().st_size, lambda f=file: f.open("rb"))
+        yield ImportItem(str(file), file.stat().st_size, _opener(file))
 
 
 def _from_zip(path: Path) -> Iterator[ImportItem | tuple[str, str]]:

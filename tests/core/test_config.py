@@ -45,7 +45,9 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert loaded.log_level == "DEBUG"
 
 
-def test_unknown_setting_in_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_setting_in_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text("data_dri = 'x'\n")
     monkeypatch.setenv("CLOUDFILM_CONFIG", str(config))

@@ -33,7 +33,7 @@ def apply_pydicom_fixes() -> None:
     global _fixed
     if _fixed:
         return
-    pydicom.charset.handled_encodings = tuple(
+    pydicom.charset.handled_encodings = tuple(  # type: ignore[assignment]
         e for e in pydicom.charset.handled_encodings if e != "iso_ir_58"
     )
     _fixed = True

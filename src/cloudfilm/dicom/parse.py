@@ -171,10 +171,10 @@ def build_file_header(
 ) -> bytes:
     """Preamble, ``DICM`` and a File Meta Information group for a bare dataset (PS3.10 7.1)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if source_ae:
         meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
@@ -249,7 +249,7 @@ def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 def _inflate(fp: BinaryIO, offset: int) -> BinaryIO:
     fp.seek(offset)
-    out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
+    out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 - returned
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         while chunk := fp.read(1024 * 1024):

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.encoders.base import (
     JPEG2000LosslessEncoder,
@@ -42,7 +43,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
-    generate_uid,
 )
 from pydicom.uid import (
     ComputedRadiographyImageStorage as CRImageStorage,
@@ -110,6 +110,7 @@ _SPECS = {
     "US": _Spec(USMultiFrameStorage, 480, 640, "HEART", "心脏超声", "Echocardiography", "Cine"),
 }
 _US_MAX_FRAMES = 30
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cloudfilm:dicom:synth")
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,6 @@ class _Study:
     """Identity shared by every instance of one study (and its single series)."""
 
     opts: _Options
-    patient_index: int
     study_index: int
     alphabetic: str
     ideographic: str
@@ -149,8 +149,13 @@ class _Study:
 
 
 def _uid(*parts: object) -> str:
-    """Deterministic ``2.25.<int>`` UID (pydicom hashes the entropy sources with SHA-512)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["cloudfilm.synth", *map(str, parts)]))
+    """Deterministic ``2.25.<int>`` UID: the integer is a name-based (version 5) UUID.
+
+    ``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` ignores ``entropy_srcs`` and
+    returns a random UUID4, and with ``prefix="2.25."`` it appends 59 digits of a SHA-512,
+    which is no UUID; the 2.25 arc (PS3.5 B.2) needs a 128-bit UUID, hence ``uuid5``.
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(map(str, parts))).int}"
 
 
 def _digest(*parts: object) -> int:
@@ -191,19 +196,30 @@ def _text(zh: str, en: str, charset: str) -> str:
     return zh
 
 
+def _pydicom_writes_ir58() -> bool:
+    """Whether pydicom emits ``ESC $ ) A`` itself, as after ``charset.apply_pydicom_fixes()``."""
+    probe = encode_string("中", convert_encodings(_CHARSET_TERMS["ir58"]))
+    return probe.startswith(_IR58_ESCAPE)
+
+
 def _set_text(ds: Dataset, keyword: str, value: str, charset: str) -> None:
-    """Set an SH/LO/ST element; for IR 58 non-ASCII text is stored pre-encoded (bytes)."""
-    if charset == "ir58" and not value.isascii():
+    """Set an SH/LO/ST element.
+
+    For IR 58 with an unpatched pydicom, non-ASCII text is stored pre-encoded (``bytes``) so
+    that the file is still right; with the fix of :mod:`cloudfilm.dicom.charset` (applied when
+    :mod:`cloudfilm.dicom` is imported) the value stays ``str``.
+    """
+    if charset == "ir58" and not value.isascii() and not _pydicom_writes_ir58():
         setattr(ds, keyword, _encode_iso2022_ir58(value, "\\"))
     else:
         setattr(ds, keyword, value)
 
 
 def _set_pn(ds: Dataset, keyword: str, value: str, charset: str) -> None:
-    """Set a PN element; for IR 58 the encoded bytes are attached as ``original_string``.
+    """Set a PN element; for IR 58 our encoded bytes are attached as ``original_string``.
 
-    pydicom writes ``original_string`` unchanged when the dataset's encodings match, and the
-    in-memory value stays the Unicode name.
+    pydicom writes ``original_string`` unchanged when the dataset's encodings match, so the
+    file is right whether or not pydicom is patched, and the in-memory value stays Unicode.
     """
     if charset == "ir58" and not value.isascii():
         encodings = convert_encodings(_CHARSET_TERMS[charset])
@@ -227,7 +243,7 @@ def _patient_name(seed: int, index: int) -> tuple[str, str, str]:
     return f"{fam_rom}^{giv_rom}", f"{fam_han}^{giv_han}", sex
 
 
-def _make_study(opts: _Options, patient: int, study: int, instances: int) -> _Study:
+def _make_study(opts: _Options, patient: int, study: int) -> _Study:
     alphabetic, ideographic, sex = _patient_name(opts.seed, patient)
     prng = _rng(opts.seed, "patient", patient)
     birth = date(1940, 1, 1) + timedelta(days=int(prng.integers(0, 65 * 365)))
@@ -236,10 +252,9 @@ def _make_study(opts: _Options, patient: int, study: int, instances: int) -> _St
     hh, mm, ss = (int(srng.integers(7, 18)), int(srng.integers(0, 60)), int(srng.integers(0, 60)))
     tag = _digest("id", opts.seed) % 1_000_000
     # Study UIDs depend on everything that changes the content, not on the encoding.
-    key = (opts.seed, patient, study, opts.modality, instances, opts.rows, opts.columns)
+    key = (opts.seed, patient, study, opts.modality, opts.slices, opts.rows, opts.columns)
     return _Study(
         opts=opts,
-        patient_index=patient,
         study_index=study,
         alphabetic=alphabetic,
         ideographic=ideographic,
@@ -282,14 +297,7 @@ def _base_dataset(st: _Study, number: int) -> Dataset:
     ds.StudyID = f"{st.study_index + 1}"
     ds.SeriesNumber = 1
     ds.InstanceNumber = number
-    ds.ImageType = (
-        ["ORIGINAL", "PRIMARY", "AXIAL"]
-        if opts.modality in ("CT", "MR")
-        else [
-            "ORIGINAL",
-            "PRIMARY",
-        ]
-    )
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"][: 3 if opts.modality in ("CT", "MR") else 2]
     return ds
 
 
@@ -386,8 +394,8 @@ def _ct_thorax(img: F32, g: _Grid, z: float, vessels: F32) -> None:
             du = u + 0.12 * math.sin(z / 25.0 + ph)
             _paint(img, g, lx + du * la * 0.8, ly + v * lb * 0.8, r * f, r * f, 35.0)
     h = max(math.sin(math.pi * (z - 90.0) / 115.0), 0.0) if 90.0 < z < 205.0 else 0.0
-    _paint(img, g, 0.15 * a, cy - 0.2 * b, 64.0 * h, 54.0 * h, -90.0)  # pericardial fat
-    _paint(img, g, 0.15 * a, cy - 0.2 * b, 58.0 * h, 48.0 * h, 45.0)  # heart
+    _paint(img, g, 0.08 * a, cy - 0.2 * b, 54.0 * h, 48.0 * h, -90.0)  # pericardial fat
+    _paint(img, g, 0.08 * a, cy - 0.2 * b, 48.0 * h, 42.0 * h, 45.0)  # heart
     if 60.0 < z < 130.0:
         _paint(img, g, 0.05 * a, cy - 0.28 * b, 15.0, 15.0, 45.0)  # ascending aorta
     if z > 50.0:
@@ -460,15 +468,10 @@ def _ct_series(st: _Study) -> Iterator[tuple[Dataset, Arr]]:
     opts = st.opts
     g = _Grid.centred(opts.rows, opts.columns, 360.0 / max(opts.rows, opts.columns))
     rng = _rng(st.series_uid, "pixels")
-    n = 16  # lung vessels per side: side, offsets u, v (fractions of the lung), radius mm, phase
-    vessels = np.column_stack(
-        [
-            np.repeat([-1.0, 1.0], n),
-            rng.uniform(-0.8, 0.8, (2 * n, 2)),
-            rng.uniform(1.2, 4.0, 2 * n),
-        ]
-    )
-    vessels = np.column_stack([vessels, rng.uniform(0, 2 * math.pi, 2 * n)]).astype(np.float32)
+    # 16 lung vessels per side: side, offsets u, v (fractions of the lung), radius mm, phase
+    side = np.repeat([-1.0, 1.0], 16)[:, None]
+    shape = rng.uniform([-0.8, -0.8, 1.2, 0.0], [0.8, 0.8, 4.0, 2 * math.pi], (32, 4))
+    vessels = np.hstack([side, shape]).astype(np.float32)
     thick, depths = _slab(opts.slices, 300.0, (0.625, 1.0, 1.25, 2.5, 5.0))
     for i, z in enumerate(depths):
         ds = _base_dataset(st, i + 1)
@@ -548,8 +551,8 @@ def _mr_series(st: _Study) -> Iterator[tuple[Dataset, Arr]]:
 
 def _blob(x: F32, y: F32, cx: float, cy: float, a: float, b: float) -> F32:
     """Normalised thickness (0..1) of an ellipsoid seen in projection, centre/semi-axes in mm."""
-    inside = np.clip(1.0 - ((x - cx) / a) ** 2 - ((y - cy) / b) ** 2, 0.0, None)
-    return np.sqrt(inside).astype(np.float32)
+    inside: F32 = np.clip(1.0 - ((x - cx) / a) ** 2 - ((y - cy) / b) ** 2, 0.0, None)
+    return np.sqrt(inside)
 
 
 def _cr_attenuation(x: F32, y: F32, phase: float) -> F32:
@@ -569,7 +572,8 @@ def _cr_attenuation(x: F32, y: F32, phase: float) -> F32:
     cage = _blob(ax, y, 70.0, 150.0, 85.0, 140.0) > 0
     clavicle = np.clip(1.0 - np.abs(y - 40.0 - 0.2 * ax) / 6.0, 0.0, None) * (ax < 140.0)
     bones = 0.22 * spine + 0.22 * ribs * cage * (ax > 12.0) + 0.35 * clavicle * (ax > 12.0)
-    return (att + bones * (body > 0)).astype(np.float32)
+    total: F32 = (att + bones * (body > 0)).astype(np.float32)
+    return total
 
 
 def _cr_image(rows: int, columns: int, spacing: float, rng: np.random.Generator) -> Arr:
@@ -703,16 +707,13 @@ def _options(
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-    for name, count in (
-        ("slices", slices),
-        ("patients", patients),
-        ("studies", studies_per_patient),
-    ):
-        if count < 1:
-            raise ValueError(f"{name} must be at least 1, not {count}")
-    for name, size in (("rows", rows), ("columns", columns)):
-        if size is not None and size < 16:
-            raise ValueError(f"{name} must be at least 16, not {size}")
+    size = {"rows": rows, "columns": columns}
+    minimum = {name: (16 if value is None else value, 16) for name, value in size.items()}
+    minimum |= {"slices": (slices, 1), "patients": (patients, 1)}
+    minimum |= {"studies_per_patient": (studies_per_patient, 1)}
+    for name, (count, least) in minimum.items():
+        if count < least:
+            raise ValueError(f"{name} must be at least {least}, not {count}")
     spec = _SPECS[modality]
     count = {"CR": 1, "US": min(slices, _US_MAX_FRAMES)}.get(modality, slices)
     return _Options(
@@ -723,8 +724,8 @@ def _options(
         studies_per_patient=studies_per_patient,
         transfer_syntax=transfer_syntax,
         charset=charset,
-        rows=rows or spec.rows,
-        columns=columns or spec.columns,
+        rows=spec.rows if rows is None else rows,
+        columns=spec.columns if columns is None else columns,
     )
 
 
@@ -759,8 +760,9 @@ def generate_studies(
         A key of :data:`TRANSFER_SYNTAXES`; compressed syntaxes are lossless.
     charset
         A member of :data:`CHARSETS`: Specific Character Set ``ISO_IR 192``, ``GB18030`` or
-        ``\\ISO 2022 IR 58``. Names get alphabetic and ideographic PN groups. With ``"ir58"``
-        the Chinese LO values are held as pre-encoded ``bytes`` (pydicom cannot encode them).
+        ``\\ISO 2022 IR 58``. Names get alphabetic and ideographic PN groups. IR 58 text is
+        encoded here (pydicom 3.0 omits the escape sequences); only if pydicom is unpatched
+        are its Chinese LO values held as pre-encoded ``bytes``.
     rows, columns
         Override the image matrix; the phantom keeps its size in mm.
 
@@ -779,7 +781,7 @@ def generate_studies(
 def _generate(opts: _Options) -> Iterator[Dataset]:
     for patient in range(opts.patients):
         for study in range(opts.studies_per_patient):
-            st = _make_study(opts, patient, study, opts.slices)
+            st = _make_study(opts, patient, study)
             logger.debug("synth %s study %s for %s", opts.modality, st.study_uid, st.patient_id)
             for ds, pixels in _SERIES[opts.modality](st):
                 yield _finalize(ds, pixels, opts.transfer_syntax)

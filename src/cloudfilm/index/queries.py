@@ -73,7 +73,8 @@ def name_condition(pattern: str) -> Any:
 
 
 def _study_select(query: StudyQuery) -> Select[Any]:
-    stmt = select(Study, Patient).join(Patient, Patient.pk == Study.patient_pk)
+    stmt: Select[Any] = select(Study, Patient)  # type: ignore[assignment]
+    stmt = stmt.join(Patient, Patient.pk == Study.patient_pk)
     if query.patient_name:
         stmt = stmt.where(name_condition(query.patient_name))
     if query.patient_id:

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 #: Size of a multipart part, and the largest blob sent with a single PutObject.
 PART_SIZE = 8 * 1024 * 1024
-#: Parts uploaded at the same time (memory use is about ``(UPLOAD_CONCURRENCY + 2) * PART_SIZE``).
+#: Parts uploaded at the same time (a put holds at most ``UPLOAD_CONCURRENCY + 1`` parts).
 UPLOAD_CONCURRENCY = 4
 #: Object metadata key holding the SHA-256 hex digest (sent as ``x-amz-meta-sha256``).
 SHA256_METADATA = "sha256"
@@ -99,7 +99,10 @@ class S3BlobStore:
 
         ``access_key``/``secret_key`` of None fall back to boto3's usual credential chain
         (``AWS_ACCESS_KEY_ID``, ``~/.aws/credentials``, instance roles). The bucket is created
-        on first use if it does not exist.
+        on first use if it does not exist. ``prefix`` (a folder, ``/`` added) is prepended to
+        every key. ``connect_timeout`` and ``read_timeout`` are per request, in seconds;
+        ``max_attempts`` is how often each request is tried in all (with backoff between
+        tries); ``part_size`` is the multipart part size (at least 5 MiB).
         """
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -113,6 +116,8 @@ class S3BlobStore:
             raise ValueError("give both the S3 access key and the secret key, or neither")
         if part_size < 5 * 1024 * 1024:
             raise ValueError("S3 multipart parts must be at least 5 MiB")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be 1 or more")
         self.endpoint = endpoint.rstrip("/")
         self.bucket = bucket
         self.region = region
@@ -121,7 +126,8 @@ class S3BlobStore:
         config = Config(
             region_name=region,
             s3={"addressing_style": "path"},
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # botocore's "max_attempts" counts retries (1 means two tries); the total is wanted.
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max(10, 2 * UPLOAD_CONCURRENCY),
@@ -130,10 +136,7 @@ class S3BlobStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # A private session: boto3's default session is not thread-safe to create clients in.
-        session = boto3.session.Session()
-        self._client: Any = session.client(
-            "s3",
+        self._client: Any = _new_client(
             endpoint_url=self.endpoint,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
@@ -173,15 +176,17 @@ class S3BlobStore:
             raise StorageFailure(f"cannot write blob {key}: {exc}") from exc
 
     def _put(self, name: str, key: str, reader: _HashingReader) -> BlobInfo:
-        first = _read_full(reader, self.part_size)
-        second = _read_full(reader, self.part_size) if len(first) == self.part_size else b""
-        if not second:
+        # Read up to two parts: one part or less goes in a single PutObject.
+        head = [_read_full(reader, self.part_size)]
+        if len(head[0]) == self.part_size:
+            head.append(_read_full(reader, self.part_size))
+        if len(head) == 1 or not head[1]:
             info = reader.info()
             with self._errors("put", key):
                 self._client.put_object(
                     Bucket=self.bucket,
                     Key=name,
-                    Body=first,
+                    Body=head[0],
                     ContentType="application/octet-stream",
                     Metadata={SHA256_METADATA: info.sha256},
                     ChecksumSHA256=base64.b64encode(reader.digest()).decode("ascii"),
@@ -189,7 +194,7 @@ class S3BlobStore:
             return info
         tmp = f"{self.prefix}{TMP_FOLDER}{uuid.uuid4().hex}"
         try:
-            self._upload_multipart(tmp, key, reader, first, second)
+            self._upload_multipart(tmp, key, reader, head)
             info = reader.info()
             with self._errors("put", key):
                 self._client.copy(
@@ -349,8 +354,17 @@ class S3BlobStore:
         log.info("created S3 bucket %s at %s", self.bucket, self.endpoint)
 
     def _upload_multipart(
-        self, tmp: str, key: str, reader: _HashingReader, first: bytes, second: bytes
+        self, tmp: str, key: str, reader: _HashingReader, head: list[bytes]
     ) -> None:
+        """Upload ``head`` (parts already read, consumed) then the rest of ``reader`` to ``tmp``.
+
+        Parts are read in this thread and sent by a small pool; at most
+        ``UPLOAD_CONCURRENCY`` are in flight, so memory stays bounded whatever the size.
+        """
+
+        def next_part() -> bytes:
+            return head.pop(0) if head else _read_full(reader, self.part_size)
+
         with self._errors("put", key):
             upload_id = str(
                 self._client.create_multipart_upload(
@@ -362,13 +376,13 @@ class S3BlobStore:
             pool = ThreadPoolExecutor(UPLOAD_CONCURRENCY, "s3-upload")
             try:
                 pending: deque[tuple[int, Future[Any]]] = deque()
-                number, data = 1, first
+                number, data = 1, next_part()
                 while data:
                     if len(pending) >= UPLOAD_CONCURRENCY:  # bound the parts held in memory
                         etags.append(self._part_done(*pending.popleft(), key))
                     future = pool.submit(self._upload_part, tmp, upload_id, number, data)
                     pending.append((number, future))
-                    data = second if number == 1 else _read_full(reader, self.part_size)
+                    data = next_part()
                     number += 1
                 while pending:
                     etags.append(self._part_done(*pending.popleft(), key))
@@ -442,6 +456,22 @@ class S3BlobStore:
                 f"S3 {what} failed: connection to {self.endpoint} broke ({type(exc).__name__})"
             )
         return StorageFailure(f"S3 {what} failed at {where}: {type(exc).__name__}")
+
+
+_session: Any = None
+_session_lock = threading.Lock()
+
+
+def _new_client(**options: Any) -> Any:
+    """An S3 client from one shared boto3 session (which caches the parsed API models).
+
+    Sessions are not thread-safe, so clients are made under a lock; clients themselves are.
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client("s3", **options)
 
 
 def _error_code(exc: BaseException | None) -> str:
