@@ -53,6 +53,7 @@ def _settings(data_dir: Path | None, **extra: Any) -> Settings:
 def _open(data_dir: Path | None) -> Archive:
     settings = _settings(data_dir)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return Archive.open(settings)
     except Exception as exc:

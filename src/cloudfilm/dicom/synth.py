@@ -333,6 +333,14 @@ class _Grid:
     y: F32
     spacing: float
 
+    @property
+    def x0(self) -> float:
+        return float(self.x[0])
+
+    @property
+    def y0(self) -> float:
+        return float(self.y[0])
+
     @classmethod
     def centred(cls, rows: int, columns: int, spacing: float) -> _Grid:
         x = (np.arange(columns, dtype=np.float32) - (columns - 1) / 2) * spacing
@@ -346,13 +354,20 @@ def _ellipse(
     """Bounding window and mask of the ellipse with centre (cx, cy) and semi-axes a, b (mm)."""
     if a <= 0 or b <= 0:
         return None
-    c0, c1 = np.searchsorted(g.x, [cx - a, cx + a])
-    r0, r1 = np.searchsorted(g.y, [cy - b, cy + b])
+    x0, y0, sp = g.x0, g.y0, g.spacing
+    c0, c1 = (
+        max(math.ceil((cx - a - x0) / sp), 0),
+        min(math.floor((cx + a - x0) / sp) + 1, g.x.size),
+    )
+    r0, r1 = (
+        max(math.ceil((cy - b - y0) / sp), 0),
+        min(math.floor((cy + b - y0) / sp) + 1, g.y.size),
+    )
     if c1 <= c0 or r1 <= r0:
         return None
     dx = ((g.x[c0:c1] - cx) / a) ** 2
     dy = ((g.y[r0:r1] - cy) / b) ** 2
-    return slice(int(r0), int(r1)), slice(int(c0), int(c1)), dy[:, None] + dx[None, :] <= 1.0
+    return slice(r0, r1), slice(c0, c1), dy[:, None] + dx[None, :] <= 1.0
 
 
 def _paint(img: F32, g: _Grid, cx: float, cy: float, a: float, b: float, value: float) -> None:
