@@ -49,6 +49,9 @@ class FileBlobStore:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfResources(f"disk full while writing blob: {exc}") from exc
             raise StorageFailure(f"cannot write blob {key}: {exc}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failing source: leave nothing behind
+            raise
         return info
 
     def open(self, key: str) -> BinaryIO:
@@ -72,12 +75,16 @@ class FileBlobStore:
         return self._path(key).is_file()
 
     def keys(self) -> Iterator[str]:
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             base = Path(dirpath)
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    yield (base / name).relative_to(self.root).as_posix()
+            found += [
+                (base / name).relative_to(self.root).as_posix()
+                for name in filenames
+                if not name.startswith(".")
+            ]
+        return iter(sorted(found))
 
     def clean_temporary(self) -> int:
         """Remove temporary files left by an interrupted ``put``; returns how many."""
