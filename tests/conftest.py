@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
+from support.seaweed import WEED_MISSING, SeaweedServer, find_weed, start_seaweedfs
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 REQUIRE_SERVICES = os.environ.get("CLOUDFILM_REQUIRE_SERVICES") == "1"
@@ -92,3 +93,17 @@ def cli_env(settings: Settings) -> dict[str, str]:
     if settings.database_url:
         env["CLOUDFILM_DATABASE_URL"] = settings.database_url
     return env
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A SeaweedFS S3 gateway on loopback for the whole session (``.endpoint``, keys)."""
+    weed = find_weed()
+    if weed is None:
+        service_missing(WEED_MISSING)
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), weed=weed)
+    print(f"\nSeaweedFS ready at {server.endpoint} in {server.startup_seconds:.1f} s")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,7 @@ import pytest
 
 from cloudfilm.storage import BlobStore, FileBlobStore, MemoryBlobStore
 from cloudfilm.storage.s3 import S3BlobStore
-from support.seaweed import WEED_MISSING, SeaweedServer, find_weed, start_seaweedfs
-
-
-@pytest.fixture(scope="session")
-def seaweed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """A SeaweedFS S3 gateway on loopback for the whole session (``.endpoint``, keys)."""
-    weed = find_weed()
-    if weed is None:
-        if os.environ.get("CLOUDFILM_REQUIRE_SERVICES") == "1":
-            pytest.fail(WEED_MISSING, pytrace=False)
-        pytest.skip(WEED_MISSING)
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), weed=weed)
-    print(f"\nSeaweedFS ready at {server.endpoint} in {server.startup_seconds:.1f} s")
-    try:
-        yield server
-    finally:
-        server.stop()
+from support.seaweed import SeaweedServer
 
 
 @pytest.fixture(scope="session")
