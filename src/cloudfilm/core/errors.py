@@ -38,6 +38,14 @@ class MissingIdentifier(InvalidDicom):
     code = "missing-identifier"
 
 
+class InvalidQuery(CloudFilmError):
+    """A query key or parameter with a malformed value (a bad date range, say)."""
+
+    status = 400
+    dimse_status = 0xA900  # C-FIND: identifier does not match SOP class (PS3.4 C.4.1.1.4)
+    code = "invalid-query"
+
+
 class NotFound(CloudFilmError):
     status = 404
     code = "not-found"

@@ -43,7 +43,7 @@ def extract_index_fields(ds: Dataset) -> IndexFields:
     }
     out.study = {
         "study_date": get.date("StudyDate"),
-        "study_time": get.text("StudyTime", 16),
+        "study_time": get.time("StudyTime"),
         "accession_number": get.text("AccessionNumber", 64),
         "study_id": get.text("StudyID", 64),
         "description": get.text("StudyDescription", 400),
@@ -58,7 +58,7 @@ def extract_index_fields(ds: Dataset) -> IndexFields:
         "body_part": get.text("BodyPartExamined", 64),
         "station_name": get.text("StationName", 64),
         "performed_start_date": get.date("PerformedProcedureStepStartDate"),
-        "performed_start_time": get.text("PerformedProcedureStepStartTime", 16),
+        "performed_start_time": get.time("PerformedProcedureStepStartTime"),
         "request_attributes": get.request_attributes(),
     }
     out.instance = {
@@ -103,6 +103,24 @@ class _Getter:
             return digits
         self.notes.append(f"{keyword} {text!r} is not a date; not indexed")
         return None
+
+    def time(self, keyword: str) -> str | None:
+        """A TM value as ``HHMMSS[.ffffff]`` (ACR-NEMA colons removed, short forms padded),
+        so that range matching can compare strings."""
+        text = self.text(keyword, 64)
+        if not text:
+            return None
+        text = text.replace(":", "")
+        whole, _, fraction = text.partition(".")
+        if (
+            not whole.isdigit()
+            or len(whole) not in (2, 4, 6)
+            or (fraction and not fraction.isdigit())
+        ):
+            self.notes.append(f"{keyword} {text!r} is not a time; not indexed")
+            return None
+        whole = whole.ljust(6, "0")
+        return f"{whole}.{fraction[:6]}" if fraction else whole
 
     def integer(self, keyword: str) -> int | None:
         value = self._value(keyword)

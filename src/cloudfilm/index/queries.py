@@ -88,7 +88,10 @@ def _study_select(query: StudyQuery) -> Select[Any]:
     if query.modality:
         padded = "\\" + Study.modalities + "\\"
         stmt = stmt.where(
-            padded.like(f"%\\{like_pattern(query.modality.upper(), substring=False)}\\%")
+            padded.like(
+                f"%\\\\{like_pattern(query.modality.upper(), substring=False)}\\\\%",
+                escape="\\",
+            )
         )
     if query.accession_number:
         stmt = stmt.where(Study.accession_number == query.accession_number)
