@@ -245,7 +245,7 @@ class Archive:
         try:
             outcome = self._commit_instance(ident, fields, row, replace)
         except BaseException:
-            self.blobs.delete(key)
+            self._discard_uncommitted(key)
             raise
         if outcome is not None:  # lost a race, or a conflict found inside the transaction
             self.blobs.delete(key)
@@ -262,6 +262,22 @@ class Archive:
             self.counters["bytes"] += info.size
         self._finish_pending_deletes()
         return base
+
+    def _discard_uncommitted(self, key: str) -> None:
+        """Remove the blob of a failed commit, unless the commit did happen after all.
+
+        A connection can drop after the server committed but before the client heard so. The
+        blob is removed only when the index says for certain that no row uses it; when the
+        index cannot be asked, it stays as an orphan for ``cloudfilm check --repair``.
+        """
+        try:
+            with self.sessions() as session:
+                used = session.execute(select(Instance.pk).where(Instance.blob_key == key)).first()
+        except Exception:
+            logger.warning("index unreachable; blob %s left for check --repair", key)
+            return
+        if used is None:
+            self.blobs.delete(key)
 
     def _compare(
         self, existing: _Identity, ident: _Identity, base: StoreResult

@@ -161,8 +161,17 @@ def _repair(archive: Archive, report: CheckReport, pending: set[str]) -> None:
             archive.blobs.delete(key)
             report.repaired.append(f"removed blob {key} of a deleted instance")
             continue
-        with archive.blobs.open(key) as fp:
-            result = archive.store(fp, source="repair")
+        if _referenced(archive, key):  # a store that was in flight has committed since
+            continue
+        try:
+            with archive.blobs.open(key) as fp:
+                result = archive.store(fp, source="repair")
+        except NotFound:
+            continue  # removed meanwhile by the store that wrote it (a lost race)
+        # Look again: a store in flight may have committed this very blob meanwhile.
+        if _referenced(archive, key):
+            report.repaired.append(f"orphan blob {key} was committed by a running store")
+            continue
         if result.status is StoreStatus.STORED:
             report.repaired.append(f"re-indexed orphan blob {key} as {result.sop_instance_uid}")
         elif result.status is StoreStatus.DUPLICATE:
@@ -184,6 +193,13 @@ def _repair(archive: Archive, report: CheckReport, pending: set[str]) -> None:
         removed = archive.blobs.clean_temporary()
         if removed:
             report.repaired.append(f"removed {removed} temporary files")
+
+
+def _referenced(archive: Archive, key: str) -> bool:
+    with archive.sessions() as session:
+        return (
+            session.execute(select(Instance.pk).where(Instance.blob_key == key)).first() is not None
+        )
 
 
 def _recount(archive: Archive, study_uids: list[str]) -> None:
