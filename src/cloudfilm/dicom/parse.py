@@ -225,7 +225,13 @@ def _read_header(
             implicit = False
     else:
         implicit, little = uid.is_implicit_VR, uid.is_little_endian
-    pixel_vr = _check_complete(stream, start, size, implicit, little, notes)
+    walker = _check_complete(stream, start, size, implicit, little, notes)
+    if walker.foreign_ranges:
+        stream, start = _without_ranges(stream, start, walker), 0
+        notes.append(
+            "UN sequence of undefined length in a big endian data set (implicit VR little "
+            "endian inside, PS3.5 6.2.2): kept in the file, not indexed"
+        )
     stream.seek(start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -240,7 +246,20 @@ def _read_header(
             pydicom_config.settings.reading_validation_mode = old_mode
     if not len(dataset):
         raise InvalidDicom("not DICOM: no data elements could be read")
-    return dataset, pixel_vr
+    return dataset, walker.pixel_vr
+
+
+def _without_ranges(fp: BinaryIO, start: int, walker: _ElementWalker) -> BinaryIO:
+    """The header (up to Pixel Data) with the given element byte ranges cut out."""
+    end = walker.pixel_start if walker.pixel_start is not None else walker.size
+    out = io.BytesIO()
+    position = start
+    for cut_start, cut_end in [*walker.foreign_ranges, (end, end)]:
+        fp.seek(position)
+        out.write(fp.read(cut_start - position))
+        position = cut_end
+    out.seek(0)
+    return out
 
 
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -263,7 +282,7 @@ def _inflate(fp: BinaryIO, offset: int) -> BinaryIO:
 
 def _check_complete(
     fp: BinaryIO, start: int, size: int, implicit: bool, little: bool, notes: list[str]
-) -> str | None:
+) -> _ElementWalker:
     """Walk the top-level elements; raise InvalidDicom when one runs past the end.
 
     Returns the VR of Pixel Data (7FE0,0010) when present. The walk reads only element
@@ -272,13 +291,13 @@ def _check_complete(
     walker = _ElementWalker(fp, size, implicit, little)
     fp.seek(start)
     try:
-        vr = walker.walk_dataset(end=size, top=True)
+        walker.walk_dataset(end=size, top=True)
     except _Truncated as exc:
         if start == 0 and fp.tell() - start <= 512:
             raise InvalidDicom(f"not DICOM (no header, unreadable first elements: {exc})") from exc
         raise InvalidDicom(f"truncated or corrupt data: {exc}") from exc
     notes.extend(walker.notes)
-    return vr
+    return walker
 
 
 class _Truncated(Exception):
@@ -291,6 +310,11 @@ class _ElementWalker:
         self.endian = "<" if little else ">"
         self.pixel_vr: str | None = None
         self.notes: list[str] = []
+        #: Offset of the top-level Pixel Data element, when present.
+        self.pixel_start: int | None = None
+        #: Top-level UN elements of undefined length in a big endian data set: their items
+        #: are implicit VR little endian (PS3.5 6.2.2), which pydicom cannot read there.
+        self.foreign_ranges: list[tuple[int, int]] = []
 
     def _read(self, n: int) -> bytes:
         data = self.fp.read(n)
@@ -337,7 +361,10 @@ class _ElementWalker:
             vr, length = self._vr_length(group)
             if tag == 0x7FE00010 and top:
                 self.pixel_vr = vr or ("OW" if not self.implicit else None)
-            if length == _UNDEFINED:
+                self.pixel_start = pos
+            if length == _UNDEFINED and vr == "UN":
+                self._walk_un_sequence(pos, top)
+            elif length == _UNDEFINED:
                 self._walk_undefined(vr, pixel_data=top and tag == 0x7FE00010)
             else:
                 if self.fp.tell() + length > self.size:
@@ -357,6 +384,17 @@ class _ElementWalker:
             self._read(2)
             return vr.decode("latin-1"), int(struct.unpack(e + "L", self._read(4))[0])
         return vr.decode("latin-1"), int(struct.unpack(e + "H", self._read(2))[0])
+
+    def _walk_un_sequence(self, start: int, top: bool) -> None:
+        """UN of undefined length: its items are implicit VR little endian (PS3.5 6.2.2)."""
+        saved = (self.endian, self.implicit)
+        self.endian, self.implicit = "<", True
+        try:
+            self._walk_undefined("UN")
+        finally:
+            self.endian, self.implicit = saved
+        if top and self.endian == ">":
+            self.foreign_ranges.append((start, self.fp.tell()))
 
     def _walk_undefined(self, vr: str | None, pixel_data: bool = False) -> None:
         """A sequence or encapsulated pixel data of undefined length: walk its items."""
