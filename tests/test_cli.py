@@ -23,7 +23,7 @@ import pytest
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.index import migrate
-from conftest import TESTDATA
+from support.paths import TESTDATA
 
 pytestmark = pytest.mark.db
 

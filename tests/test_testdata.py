@@ -37,7 +37,7 @@ from cloudfilm.archive import Archive, StoreStatus
 from cloudfilm.importer import collect
 from cloudfilm.index.queries import archive_totals
 from cloudfilm.maintenance import check_archive
-from conftest import TESTDATA
+from support.paths import TESTDATA
 
 pytestmark = [pytest.mark.db, pytest.mark.filterwarnings("ignore::UserWarning")]
 

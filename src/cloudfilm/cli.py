@@ -21,6 +21,7 @@ from rich.table import Table
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings, load_settings
 from cloudfilm.core.errors import CloudFilmError
+from cloudfilm.dimse.cli import dimse_beside, dimse_command, peers_app
 
 app = typer.Typer(
     help="cloudfilm: a DICOM archive that replaces printed film with shareable cloud film.",
@@ -29,6 +30,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(peers_app, name="peers")
+app.command("dimse")(dimse_command)
 
 console = Console()
 err = Console(stderr=True)
@@ -308,13 +311,20 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080).")] = None,
+    dicom_port: Annotated[
+        int | None, typer.Option("--dicom-port", help="Also run the DIMSE server on this port.")
+    ] = None,
 ) -> None:
-    """Run the HTTP server."""
-    settings = _settings(data_dir, http_host=host, http_port=port)
-    _run_server(settings)
+    """Run the HTTP server (and the DIMSE server with --dicom-port)."""
+    settings = _settings(
+        data_dir, http_host=host, http_port=port, dimse_host=host, dimse_port=dicom_port
+    )
+    _run_server(settings, dicom=dicom_port is not None)
 
 
-def _run_server(settings: Settings, banner: list[str] | None = None) -> None:
+def _run_server(
+    settings: Settings, banner: list[str] | None = None, *, dicom: bool = False
+) -> None:
     import uvicorn
 
     from cloudfilm.api.app import create_app
@@ -324,7 +334,8 @@ def _run_server(settings: Settings, banner: list[str] | None = None) -> None:
     for line in banner or []:
         console.print(line, highlight=False)
     console.print(f"cloudfilm listening on http://{settings.http_host}:{settings.http_port}")
-    uvicorn.run(application, host=settings.http_host, port=settings.http_port, log_level="info")
+    with dimse_beside(settings, enabled=dicom):
+        uvicorn.run(application, host=settings.http_host, port=settings.http_port, log_level="info")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from cloudfilm.api.metrics import LatencyHistogram, render_counters
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
+from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.index.queries import archive_totals
 
 logger = logging.getLogger(__name__)
@@ -85,4 +86,5 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
             "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    app.include_router(build_dicomweb_router(settings))
     return app

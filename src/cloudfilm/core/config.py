@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,35 @@ DEV_SECRET_KEY = "development-only-insecure-secret-key"
 #: Our DICOM implementation identity (PS3.7 D.3.3.2); the root is a UUID-derived 2.25 UID.
 IMPLEMENTATION_CLASS_UID = "2.25.176955106453958328632946432118325963857"
 IMPLEMENTATION_VERSION_NAME = "CLOUDFILM_010"
+
+
+def check_ae_title(value: str) -> str:
+    """An AE title (PS3.5 6.2, VR AE): 1 to 16 characters, no backslash or control character.
+
+    Leading and trailing spaces are not significant and are removed.
+    """
+    title = value.strip(" ")
+    if not 1 <= len(title) <= 16 or any(c == "\\" or not " " <= c <= "~" for c in title):
+        raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII, no backslash)")
+    return title
+
+
+class DimsePeerConfig(BaseModel):
+    """A known DICOM peer declared in the configuration file (see docs/dimse.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str
+    host: str
+    port: int = Field(104, ge=1, le=65535)
+    #: What it may ask of us: any of "store", "query", "retrieve".
+    allow: list[Literal["store", "query", "retrieve"]] = ["store"]
+    #: Addresses it may call from: host names, IP addresses or CIDR blocks; empty = ``host``.
+    allowed_from: list[str] = []
+    description: str = ""
+    institution: str = ""
+
+    _ae = field_validator("ae_title")(check_ae_title)
 
 
 class Settings(BaseSettings):
@@ -67,7 +96,45 @@ class Settings(BaseSettings):
     spool_memory_bytes: int = Field(
         16 * 1024**2, ge=0, description="incoming data above this size is spooled to disk"
     )
+    dicomweb_root: str = Field(
+        "/dicomweb", pattern=r"^/[A-Za-z0-9._~/-]*[^/]$", description="path of the DICOMweb root"
+    )
+    wado_uri_path: str = Field(
+        "/wado", pattern=r"^/[A-Za-z0-9._~/-]*[^/]$", description="path of WADO-URI"
+    )
+    qido_default_limit: int = Field(
+        100, ge=1, description="QIDO-RS results per page when the request gives no limit"
+    )
+    qido_max_limit: int = Field(1000, ge=1, description="largest QIDO-RS page a request gets")
+    stow_max_body_bytes: int = Field(
+        8 * 1024**3, ge=1, description="largest STOW-RS request body accepted, in bytes"
+    )
+    dicomweb_cors_origins: list[str] = Field(
+        ["*"], description="origins allowed to call DICOMweb from a browser (CORS)"
+    )
+    render_cache_bytes: int = Field(
+        1024**3, ge=0, description="size bound of the rendered-image cache in bytes; 0 disables"
+    )
     log_level: str = Field("INFO", description="Python logging level")
+    dimse_ae_title: str = Field("CLOUDFILM", description="our DICOM AE title (1-16 characters)")
+    dimse_host: str = Field("127.0.0.1", description="address the DIMSE (DICOM) server listens on")
+    dimse_port: int = Field(
+        11112, ge=1, le=65535, description="port the DIMSE (DICOM) server listens on"
+    )
+    dimse_max_pdu: int = Field(
+        262144, ge=16384, le=2**24, description="largest PDU the DIMSE server receives, in bytes"
+    )
+    dimse_max_associations: int = Field(
+        16, ge=1, le=256, description="most DIMSE associations served at the same time"
+    )
+    dimse_accept_unknown_storage: bool = Field(
+        False, description="accept C-ECHO and C-STORE from AE titles that are not known peers"
+    )
+    dimse_peers: list[DimsePeerConfig] = Field(
+        [], description="known DICOM peers, besides those added with `cloudfilm peers add`"
+    )
+
+    _dimse_ae = field_validator("dimse_ae_title")(check_ae_title)
 
     @classmethod
     def settings_customise_sources(
@@ -100,6 +167,10 @@ class Settings(BaseSettings):
             raise ValueError("CLOUDFILM_STORAGE=s3 needs CLOUDFILM_S3_ENDPOINT")
         if len(self.s3_bucket) < 3:
             raise ValueError("CLOUDFILM_S3_BUCKET must have at least 3 characters")
+        if self.qido_default_limit > self.qido_max_limit:
+            raise ValueError(
+                "CLOUDFILM_QIDO_DEFAULT_LIMIT must not exceed CLOUDFILM_QIDO_MAX_LIMIT"
+            )
         return self
 
     @cached_property

@@ -59,6 +59,15 @@ class Conflict(CloudFilmError):
     code = "conflict"
 
 
+class NotAcceptable(CloudFilmError):
+    """The representation asked for cannot be produced: a transfer syntax we cannot transcode
+    to, a media type we cannot render, pixel data we cannot decode (PS3.18 8.7.3.5: 406)."""
+
+    status = 406
+    dimse_status = 0xC000  # cannot understand (no presentation we can produce)
+    code = "not-acceptable"
+
+
 class Forbidden(CloudFilmError):
     status = 403
     code = "forbidden"
@@ -84,3 +93,27 @@ class StorageFailure(CloudFilmError):
     status = 503
     dimse_status = 0xA700
     code = "storage-failure"
+
+
+class MalformedRequest(CloudFilmError):
+    """An HTTP request that cannot be understood: broken multipart framing, bad parameters."""
+
+    status = 400
+    dimse_status = 0xC000
+    code = "malformed-request"
+
+
+class UnsupportedMediaType(CloudFilmError):
+    """A request body of a media type the resource does not accept (HTTP 415)."""
+
+    status = 415
+    dimse_status = 0xC000
+    code = "unsupported-media-type"
+
+
+class StudyMismatch(CloudFilmError):
+    """A STOW-RS instance whose Study Instance UID is not the one named in the URL."""
+
+    status = 409
+    dimse_status = 0xA901  # data set does not match: study (as Microsoft's DICOM service)
+    code = "study-mismatch"

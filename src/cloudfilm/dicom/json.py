@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 #: Binary values larger than this (in bytes) are referenced, not inlined.
 BULK_THRESHOLD = 1024
+
+#: pydicom's ``to_json_dict(suppress_invalid_tags=True)`` switches its process-wide reading
+#: validation mode while it runs; two threads doing so at once can leave it at RAISE.
+_PYDICOM_CONFIG_LOCK = threading.Lock()
 
 
 def header_json_dict(ds: Dataset, pixel_data_vr: str | None = None) -> dict[str, Any]:
@@ -31,7 +36,7 @@ def header_json_dict(ds: Dataset, pixel_data_vr: str | None = None) -> dict[str,
     pixel_data_vr
         VR of Pixel Data (7FE0,0010) when the instance has pixels; adds its BulkDataURI.
     """
-    with warnings.catch_warnings():
+    with _PYDICOM_CONFIG_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result: dict[str, Any] = ds.to_json_dict(
             bulk_data_threshold=1 << 62, suppress_invalid_tags=True

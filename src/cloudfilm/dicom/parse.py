@@ -19,7 +19,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset
@@ -235,15 +234,12 @@ def _read_header(
     stream.seek(start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        old_mode = pydicom_config.settings.reading_validation_mode
         try:
             dataset = read_dataset(
                 stream, implicit, little, stop_when=_at_pixel_data, defer_size=None
             )
         except Exception as exc:
             raise InvalidDicom(f"cannot parse the data set: {exc}") from exc
-        finally:
-            pydicom_config.settings.reading_validation_mode = old_mode
     if not len(dataset):
         raise InvalidDicom("not DICOM: no data elements could be read")
     return dataset, walker.pixel_vr

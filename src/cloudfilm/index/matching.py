@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -212,6 +212,8 @@ def match_condition(keyword: str, value: str, *, fuzzy: bool = False) -> ColumnE
         bad = [u for u in uids if not _UID.match(u)]
         if bad:
             raise InvalidQuery(f"{keyword}: {bad[0][:64]!r} is not a UID")
+        if not uids:  # only separators: nothing to match on, so universal
+            return true()
         return column.in_(uids) if len(uids) > 1 else column == uids[0]  # type: ignore[no-any-return]
     if attr.kind in ("int", "count"):
         try:

@@ -144,3 +144,27 @@ class PendingDelete(Base):
 
     blob_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DimsePeer(Base):
+    """A known remote DICOM application entity (``cloudfilm peers``; see docs/dimse.md).
+
+    Calls are accepted from it only from ``allowed_from`` (host names, addresses or CIDR
+    blocks; empty means its ``host``), and it may use only the services it is allowed.
+    """
+
+    __tablename__ = "dimse_peer"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: AE title (PS3.5 VR AE, 16 characters at most), without padding.
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    allowed_from: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(String(400), default="")
+    #: The institution whose studies arrive from it (free text for now).
+    institution: Mapped[str] = mapped_column(String(200), default="")
+    can_store: Mapped[bool] = mapped_column(default=False)
+    can_query: Mapped[bool] = mapped_column(default=False)
+    can_retrieve: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,261 @@
+"""The DICOM (DIMSE) server of an archive: one pynetdicom application entity as an SCP.
+
+Services (PS3.4): Verification (C-ECHO), Storage (C-STORE, every storage SOP class, also
+private ones: pynetdicom's ``UNRESTRICTED_STORAGE_SERVICE``), Query/Retrieve in the Patient Root
+and Study Root models (C-FIND, C-MOVE, C-GET). Each association runs on its own thread.
+
+Admission (PS3.8 7.1.1): when an A-ASSOCIATE-RQ arrives, the calling AE title and the address
+it comes from are checked against the known peers (``cloudfilm.dimse.peers``). An unknown
+AE title, or a known one calling from an address it may not use, is rejected with
+A-ASSOCIATE-RJ "calling AE title not recognised" (result 1, source 1, reason 3); with
+``dimse_accept_unknown_storage`` an unknown AE is admitted for C-ECHO and C-STORE only. The
+Query/Retrieve contexts a peer may not use are not accepted (PS3.8 9.3.3.2: result 3,
+"abstract syntax not supported"), and every handler asks the association's principal again.
+
+Sockets get ``TCP_NODELAY`` when they open (an ``EVT_CONN_OPEN`` handler; pynetdicom has no
+option): with Nagle's algorithm on, each small PDU such as a C-STORE-RSP waits for the
+delayed ACK of the peer, which costs up to 40 ms per instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config, evt
+
+from cloudfilm.archive import Archive
+from cloudfilm.core.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from cloudfilm.dimse import retrieve
+from cloudfilm.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, handle_find
+from cloudfilm.dimse.peers import Peer, PeerDirectory, Permission
+from cloudfilm.dimse.principal import REJECT_CALLING_AE, DimsePrincipal, admit
+from cloudfilm.dimse.selection import (
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+)
+from cloudfilm.dimse.store import handle_echo, handle_store
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+#: Transfer syntaxes of the Verification and Query/Retrieve contexts we accept.
+COMMAND_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+#: The Query/Retrieve SOP classes and the permission each needs.
+QUERY_RETRIEVE: dict[str, Permission] = {
+    PATIENT_ROOT_FIND: Permission.QUERY,
+    STUDY_ROOT_FIND: Permission.QUERY,
+    PATIENT_ROOT_MOVE: Permission.RETRIEVE,
+    STUDY_ROOT_MOVE: Permission.RETRIEVE,
+    PATIENT_ROOT_GET: Permission.RETRIEVE,
+    STUDY_ROOT_GET: Permission.RETRIEVE,
+}
+
+
+def configure_pynetdicom() -> None:
+    """The process-wide pynetdicom settings the server relies on (idempotent).
+
+    Received data sets go to a temporary file as they arrive and are kept as received
+    (``STORE_RECV_CHUNKED_DATASET``); any storage SOP class is accepted, private ones too
+    (``UNRESTRICTED_STORAGE_SERVICE``); pynetdicom's per-message logging handlers, which format
+    every message even when nothing is logged, are off.
+    """
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def set_nodelay(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler: disable Nagle's algorithm on the association's socket."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as exc:  # a closed socket: nothing to tune
+        logger.debug("cannot set TCP_NODELAY: %s", exc)
+
+
+class DimseServer:
+    """The DIMSE SCP of ``archive``; ``start()`` serves in background threads."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        ae_title: str | None = None,
+    ) -> None:
+        settings = archive.settings
+        self.archive = archive
+        self.ae_title = ae_title or settings.dimse_ae_title
+        self.host = host if host is not None else settings.dimse_host
+        self.port = port if port is not None else settings.dimse_port
+        self.directory = PeerDirectory(archive)
+        self._principals: weakref.WeakKeyDictionary[Any, DimsePrincipal] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._stopped = threading.Event()
+        configure_pynetdicom()
+        self.ae = self._application_entity()
+
+    def _application_entity(self) -> AE:
+        settings = self.archive.settings
+        ae = AE(ae_title=self.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae.maximum_pdu_size = settings.dimse_max_pdu
+        ae.maximum_associations = settings.dimse_max_associations
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 120
+        ae.network_timeout = 300
+        ae.add_supported_context(VERIFICATION, COMMAND_SYNTAXES)
+        for sop_class in QUERY_RETRIEVE:
+            ae.add_supported_context(sop_class, COMMAND_SYNTAXES)
+        ae.add_requested_context(VERIFICATION)
+        return ae
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Listen and serve in background threads; returns once the socket is bound."""
+        if self.archive.settings.log_level.upper() != "DEBUG":
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        retrieve.install(self.ae, self)
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+        ]
+        self._server = self.ae.start_server(
+            (self.host, self.port), block=False, evt_handlers=handlers
+        )
+        self.port = int(self._server.server_address[1])
+        logger.info("DIMSE server %s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop listening, abort the associations still open, release the port."""
+        if self._server is not None:
+            self._shutdown_listener(self._server)
+            self._server = None
+        self.ae.shutdown()
+        retrieve.uninstall(self.ae)
+        self._stopped.set()
+
+    def _shutdown_listener(self, server: Any) -> None:
+        """Stop the accept loop now, not at its next 0.5 s poll: a connection wakes it."""
+        stopping = threading.Thread(target=server.shutdown, name="dimse-shutdown")
+        stopping.start()
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = "::1" if host == "::" else host
+        while stopping.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((host, self.port), timeout=0.2).close()
+            stopping.join(0.05)
+
+    def serve_forever(self) -> None:
+        """Serve (starting if needed) until ``stop()`` is called from another thread or Ctrl-C."""
+        if self._server is None:
+            self.start()
+        try:
+            while not self._stopped.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            logger.info("stopping the DIMSE server")
+        finally:
+            self.stop()
+
+    def __enter__(self) -> DimseServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ admission
+
+    def _on_requested(self, event: Any) -> None:
+        """Admit or reject an A-ASSOCIATE-RQ (PS3.8 7.1.1); never raises."""
+        assoc = event.assoc
+        try:
+            calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+            address = str(assoc.requestor.address)
+            decision = admit(
+                self.directory,
+                calling,
+                address,
+                accept_unknown_storage=self.archive.settings.dimse_accept_unknown_storage,
+            )
+        except Exception:
+            logger.exception("association admission failed")
+            decision = None
+        if decision is None or decision.principal is None:
+            reason = decision.reason if decision else "admission failed"
+            logger.warning("association rejected: %s", reason)
+            assoc.acse.send_reject(*REJECT_CALLING_AE)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
+        principal = decision.principal
+        with self._lock:
+            self._principals[assoc] = principal
+        assoc.acceptor.supported_contexts = [
+            cx
+            for cx in assoc.acceptor.supported_contexts
+            if str(cx.abstract_syntax) not in QUERY_RETRIEVE
+            or principal.can(QUERY_RETRIEVE[str(cx.abstract_syntax)])
+        ]
+        logger.debug("association from %s admitted", principal)
+
+    def _on_closed(self, event: Any) -> None:
+        with self._lock:
+            self._principals.pop(event.assoc, None)
+
+    def principal_of(self, assoc: Any) -> DimsePrincipal | None:
+        with self._lock:
+            return self._principals.get(assoc)
+
+    def find_peer(self, ae_title: str) -> Peer | None:
+        return self.directory.get(ae_title)
+
+    def connection_handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        """Handlers for associations we open (C-MOVE sub-operations)."""
+        return [(evt.EVT_CONN_OPEN, set_nodelay)]
+
+    # ------------------------------------------------------------------ services
+
+    def _on_echo(self, event: Any) -> int:
+        return handle_echo(event, self.principal_of(event.assoc))
+
+    def _on_store(self, event: Any) -> Dataset:
+        return handle_store(event, self.archive, self.principal_of(event.assoc))
+
+    def _on_find(self, event: Any) -> Any:
+        return handle_find(event, self.archive, self.principal_of(event.assoc), self.ae_title)
