@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from cloudfilm import __version__
@@ -19,6 +20,7 @@ from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.index.queries import archive_totals
+from cloudfilm.web.templates import STATIC_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -87,4 +89,5 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         )
 
     app.include_router(build_dicomweb_router(settings))
+    app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
     return app
