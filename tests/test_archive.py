@@ -10,7 +10,6 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import event, select
-from sqlalchemy.orm import Session
 
 from cloudfilm.archive import Archive, StoreStatus
 from cloudfilm.core.config import Settings
@@ -222,12 +221,12 @@ def test_durable_order_before_acknowledgement(
         calls.append("rename")
         real_replace(src, dst)
 
-    def on_commit(_session: Session) -> None:
+    def on_commit(_conn: object) -> None:
         calls.append("commit")
 
     monkeypatch.setattr(fs.os, "fsync", spy_fsync)
     monkeypatch.setattr(fs.os, "replace", spy_replace)
-    event.listen(Session, "after_commit", on_commit)
+    event.listen(archive.engine, "commit", on_commit)
     try:
         for _ in range(3):
             calls.clear()
@@ -239,7 +238,7 @@ def test_durable_order_before_acknowledgement(
             assert first < sequence.index("rename") < sequence.index("fsync-dir")
             assert sequence.index("fsync-dir") < sequence.index("commit") < sequence.index("ack")
     finally:
-        event.remove(Session, "after_commit", on_commit)
+        event.remove(archive.engine, "commit", on_commit)
     if archive.engine.dialect.name == "sqlite":
         with archive.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

@@ -352,15 +352,20 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_instance(
     script.write_text(STORE_LOOP)
 
     rng = random.Random(SCHEDULE_SEED)
-    # (what to wait for, then seconds until SIGKILL): very early first, then random moments.
-    schedule = [("READY", 0.0)]
-    schedule += [("READY", round(rng.uniform(0.2, 3.0), 3)) for _ in range(4)]
-    schedule.append(("DONE", 0.0))  # the last run completes
+    # (what to wait for, how many acknowledgements, then seconds until SIGKILL): at start-up
+    # first, then at random points of the work (by progress, not by clock, so that the kills
+    # land inside the loop however fast the machine stores), then a run that completes.
+    schedule = [("READY", 0, 0.0)]
+    schedule += [
+        ("STORED", rng.randint(1, len(sources) - 1), round(rng.uniform(0.0, 0.02), 4))
+        for _ in range(4)
+    ]
+    schedule.append(("DONE", 0, 0.0))
 
     acknowledged: set[str] = set()
     orphans_repaired = 0
     killed_runs = 0
-    for run, (event, delay) in enumerate(schedule):
+    for run, (event, progress, delay) in enumerate(schedule):
         tag = f"cfcrash{run}_{uuid.uuid4().hex[:8]}"
         child = StreamingChild(
             [sys.executable, str(script), str(file_list)],
@@ -373,7 +378,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_instance(
             assert child.finish() == 0, child.stderr_tail()
         else:
             child.wait_for(
-                event, lambda c=child, e=event: any(x.startswith(e) for x in c.lines), 120
+                f"{event} x{progress}",
+                lambda c=child, e=event, n=max(progress, 1): (
+                    sum(x.startswith(e) for x in c.lines) >= n or "DONE" in c.lines
+                ),
+                120,
             )
             if delay:
                 time.sleep(delay)

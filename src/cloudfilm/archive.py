@@ -16,14 +16,25 @@ import logging
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -45,7 +56,7 @@ from cloudfilm.dicom.parse import ParsedInstance, parse_instance
 from cloudfilm.index import migrate
 from cloudfilm.index.models import Instance, Patient, PendingDelete, Series, Study, utcnow
 from cloudfilm.storage import BlobStore, FileBlobStore, open_blob_store
-from cloudfilm.storage.base import CHUNK
+from cloudfilm.storage.base import CHUNK, BlobInfo, new_blob_key
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +112,7 @@ class Archive:
         self.sessions: sessionmaker[Session] = session_factory(engine)
         self._counters_lock = threading.Lock()
         self.counters: dict[str, int] = {s.value: 0 for s in StoreStatus} | {"bytes": 0}
+        self._writer: ThreadPoolExecutor | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, migrate_schema: bool = True) -> Archive:
@@ -113,6 +125,9 @@ class Archive:
         return cls(settings, engine, open_blob_store(settings))
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.engine.dispose()
 
     def __enter__(self) -> Archive:
@@ -154,8 +169,16 @@ class Archive:
         try:
             self._check_free_space()
             with self._spool(data) as spool:
-                parsed = parse_instance(spool, transfer_syntax=transfer_syntax, source_ae=source_ae)
-                result = self._store_parsed(spool, parsed, source)
+                early = self._early_put(spool)
+                try:
+                    parsed = parse_instance(
+                        spool, transfer_syntax=transfer_syntax, source_ae=source_ae
+                    )
+                except BaseException:
+                    if early is not None:
+                        self._abandon_blob(early)
+                    raise
+                result = self._store_parsed(spool, parsed, source, early)
         except CloudFilmError as exc:
             result = StoreResult(StoreStatus.REJECTED, reason=exc.message, error=exc)
         except Exception as exc:  # the index or storage failed: answer, never crash the caller
@@ -179,89 +202,135 @@ class Archive:
                 f"refused below the floor of {self.settings.min_free_bytes // 2**20} MiB"
             )
 
-    def _spool(self, data: bytes | BinaryIO) -> Any:
+    def _spool(self, data: bytes | BinaryIO) -> BinaryIO:
+        """The received instance as a seekable stream: in memory (a ``BytesIO``) up to
+        ``spool_memory_bytes``, beyond that a temporary file; over the size limit refused."""
         limit = self.settings.max_instance_bytes
         if isinstance(data, bytes | bytearray | memoryview):
             if len(data) > limit:
                 raise TooLarge(f"instance of {len(data)} bytes exceeds the limit of {limit}")
             return io.BytesIO(bytes(data))
-        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned to a with block
-            max_size=self.settings.spool_memory_bytes, dir=str(self.settings.tmp_dir)
-        )
+        chunks: list[bytes] = []
+        spilled: BinaryIO | None = None
         total = 0
         try:
             while chunk := data.read(CHUNK):
                 total += len(chunk)
                 if total > limit:
                     raise TooLarge(f"instance exceeds the limit of {limit} bytes")
-                spool.write(chunk)
+                if spilled is not None:
+                    spilled.write(chunk)
+                    continue
+                chunks.append(chunk)
+                if total > self.settings.spool_memory_bytes:
+                    spilled = cast(BinaryIO, tempfile.TemporaryFile(dir=self.settings.tmp_dir))  # noqa: SIM115
+                    for held in chunks:
+                        spilled.write(held)
+                    chunks.clear()
         except BaseException:
-            spool.close()
+            if spilled is not None:
+                spilled.close()
             raise
-        spool.seek(0)
-        return spool
+        if spilled is None:
+            return io.BytesIO(b"".join(chunks))
+        spilled.seek(0)
+        return spilled
+
+    def _early_put(self, spool: BinaryIO) -> _Writing | None:
+        """Start writing a Part 10 file received whole before it is even parsed.
+
+        Such a file is stored exactly as received, so its blob does not depend on the parse;
+        writing it at once lets the disk work while the header is read. Only for data held
+        in memory (the writer gets its own stream over it). A refused file's blob is removed.
+        """
+        if not isinstance(spool, io.BytesIO):
+            return None
+        data = spool.getvalue()
+        if data[128:132] != b"DICM":
+            return None
+        key = new_blob_key()
+        return _Writing(key, self._blob_writer().submit(self.blobs.put, key, io.BytesIO(data)))
 
     def _store_parsed(
-        self, spool: BinaryIO, parsed: ParsedInstance, source: str | None
+        self,
+        spool: BinaryIO,
+        parsed: ParsedInstance,
+        source: str | None,
+        early: _Writing | None = None,
     ) -> StoreResult:
-        fields = extract_index_fields(parsed.dataset)
-        notes = parsed.warnings + fields.notes
-        ident = _Identity(
-            fields.patient["patient_id"], fields.patient["issuer"], parsed.study_uid,
-            parsed.series_uid,
-        )  # fmt: skip
         base = StoreResult(
             StoreStatus.STORED,
             sop_instance_uid=parsed.sop_instance_uid,
             sop_class_uid=parsed.sop_class_uid,
             study_uid=parsed.study_uid,
             series_uid=parsed.series_uid,
-            warnings=notes,
+            warnings=list(parsed.warnings),
         )
-        existing = self._existing_identity(parsed.sop_instance_uid)
-        replace = False
-        if existing is not None:
-            verdict = self._compare(existing, ident, base)
-            if verdict is not None:
-                return verdict
-            replace = True
-        header = header_json(parsed.dataset, parsed.pixel_data_vr)
-        key = _new_blob_key()
-        spool.seek(0)
-        info = self.blobs.put(key, cast(BinaryIO, _Prefixed(parsed.header_prefix, spool)))
-        row = {
-            "sop_instance_uid": parsed.sop_instance_uid,
-            "sop_class_uid": parsed.sop_class_uid,
-            "transfer_syntax_uid": parsed.transfer_syntax,
-            "blob_key": key,
-            "size_bytes": info.size,
-            "sha256": info.sha256,
-            "dataset_offset": parsed.dataset_offset,
-            "received_whole": not parsed.header_prefix,
-            "header_json": header,
-            "source": source,
-            **fields.instance,
-        }
+        # The blob is written and fsync'd on a writer thread while this one turns the header
+        # into index rows and DICOM JSON: the disk's wait overlaps Python's work. The index is
+        # written only once the blob is durable (``writing.result()``).
+        if early is not None and not parsed.header_prefix:
+            writing = early
+        else:
+            if early is not None:
+                self._abandon_blob(early)
+            key = new_blob_key()
+            spool.seek(0)
+            source_stream = cast(BinaryIO, _Prefixed(parsed.header_prefix, spool))
+            writing = _Writing(key, self._blob_writer().submit(self.blobs.put, key, source_stream))
+        key = writing.key
         try:
-            outcome = self._commit_instance(ident, fields, row, replace)
+            fields = extract_index_fields(parsed.dataset)
+            base.warnings += fields.notes
+            ident = _Identity(
+                fields.patient["patient_id"], fields.patient["issuer"], parsed.study_uid,
+                parsed.series_uid,
+            )  # fmt: skip
+            header = header_json(parsed.dataset, parsed.pixel_data_vr)
+            info = writing.future.result()
+            row = {
+                "sop_instance_uid": parsed.sop_instance_uid,
+                "sop_class_uid": parsed.sop_class_uid,
+                "transfer_syntax_uid": parsed.transfer_syntax,
+                "blob_key": key,
+                "size_bytes": info.size,
+                "sha256": info.sha256,
+                "dataset_offset": parsed.dataset_offset,
+                "received_whole": not parsed.header_prefix,
+                "header_json": header,
+                "source": source,
+                "received_at": utcnow(),
+                **fields.instance,
+            }
+            verdict = self._commit_instance(ident, fields, row, base)
         except BaseException:
-            self._discard_uncommitted(key)
+            self._abandon_blob(writing)
             raise
-        if outcome is not None:  # lost a race, or a conflict found inside the transaction
+        if verdict is not None:  # duplicate or conflict: the transaction wrote nothing
             self.blobs.delete(key)
-            if outcome == "race":
-                existing = self._existing_identity(parsed.sop_instance_uid)
-                if existing is not None:
-                    verdict = self._compare(existing, ident, base)
-                    if verdict is not None:
-                        return verdict
-                raise StorageFailure("instance changed concurrently; send it again")
-            return _conflict(base, outcome)
-        base.replaced = replace
+            return verdict
         with self._counters_lock:
             self.counters["bytes"] += info.size
-        self._finish_pending_deletes()
+        if base.replaced:
+            self._finish_pending_deletes()
         return base
+
+    def _blob_writer(self) -> ThreadPoolExecutor:
+        """Threads that write blobs (created on first use; several stores may run at once)."""
+        with self._counters_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(
+                    max_workers=self.settings.blob_writer_threads, thread_name_prefix="blob-put"
+                )
+            return self._writer
+
+    def _abandon_blob(self, writing: _Writing) -> None:
+        """Remove the blob of a store that did not commit (after its write has finished)."""
+        try:
+            writing.future.result()
+        except BaseException:
+            return  # the write failed: ``put`` left nothing behind
+        self._discard_uncommitted(writing.key)
 
     def _discard_uncommitted(self, key: str) -> None:
         """Remove the blob of a failed commit, unless the commit did happen after all.
@@ -271,8 +340,8 @@ class Archive:
         index cannot be asked, it stays as an orphan for ``cloudfilm check --repair``.
         """
         try:
-            with self.sessions() as session:
-                used = session.execute(select(Instance.pk).where(Instance.blob_key == key)).first()
+            with self.engine.connect() as conn:
+                used = conn.execute(select(Instance.pk).where(Instance.blob_key == key)).first()
         except Exception:
             logger.warning("index unreachable; blob %s left for check --repair", key)
             return
@@ -307,84 +376,73 @@ class Archive:
             f"another {', '.join(what)}",
         )
 
-    def _existing_identity(self, sop_instance_uid: str) -> _Identity | None:
-        with self.sessions() as session:
-            row = session.execute(
-                select(Patient.patient_id, Patient.issuer, Study.study_uid, Series.series_uid)
-                .select_from(Instance)
-                .join(Series, Series.pk == Instance.series_pk)
-                .join(Study, Study.pk == Series.study_pk)
-                .join(Patient, Patient.pk == Study.patient_pk)
-                .where(Instance.sop_instance_uid == sop_instance_uid)
-            ).first()
-            session.rollback()
-        return _Identity(*row) if row else None
-
     def _commit_instance(
-        self, ident: _Identity, fields: IndexFields, row: dict[str, Any], replace: bool
-    ) -> str | None:
-        """Insert the index rows in one transaction. Returns None, "race" or a conflict reason."""
-        try:
-            with self.sessions.begin() as session:
-                old_key = None
-                if replace:
+        self, ident: _Identity, fields: IndexFields, row: dict[str, Any], base: StoreResult
+    ) -> StoreResult | None:
+        """Index the instance in one transaction; None when stored, else the answer to give.
+
+        The transaction first looks for the SOP Instance UID: a known one is a duplicate or a
+        conflict (or, under the replace policy, its old row goes in the same transaction).
+        Each level is then one upsert that returns the row's key (and, on PostgreSQL, locks
+        the row, so derived counts of one study change one transaction at a time; SQLite
+        transactions are serialised by ``BEGIN IMMEDIATE``). Counts are incremented; the
+        study's series count and modalities are recomputed only when a series gets its first
+        instance. A concurrent store of the same instance that commits first makes the insert
+        fail on the unique index: the transaction is then tried once more and finds it.
+        """
+        for _attempt in range(2):
+            try:
+                self._index_rows(ident, fields, row, base)
+            except IntegrityError:
+                continue
+            except _Answer as answer:
+                return answer.result
+            except _Refused as refused:
+                return _conflict(base, str(refused))
+            return None
+        raise StorageFailure("instance changed concurrently; send it again")
+
+    def _index_rows(
+        self, ident: _Identity, fields: IndexFields, row: dict[str, Any], base: StoreResult
+    ) -> None:
+        sql = _statements(self.engine.dialect.name)
+        with self.engine.begin() as conn:
+            old_key = None
+            existing = conn.execute(sql.identity, {"uid": row["sop_instance_uid"]}).first()
+            if existing is not None:
+                verdict = self._compare(_Identity(*existing), ident, base)
+                if verdict is not None:
+                    raise _Answer(verdict)
+                with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
                     old_key = self._remove_instance_row(session, row["sop_instance_uid"])
-                patient_pk = self._get_or_create(
-                    session, Patient,
-                    {"patient_id": ident.patient_id, "issuer": ident.issuer},
-                    fields.patient,
-                )  # fmt: skip
-                study = self._lock_study(session, ident.study_uid, patient_pk, fields)
-                if study.patient_pk != patient_pk:
-                    return f"study {ident.study_uid} belongs to another patient"
-                series_pk = self._get_or_create(
-                    session, Series, {"series_uid": ident.series_uid},
-                    {**fields.series, "study_pk": study.pk},
-                )  # fmt: skip
-                series = session.get(Series, series_pk)
-                assert series is not None
-                if series.study_pk != study.pk:
-                    return f"series {ident.series_uid} belongs to another study"
-                session.add(Instance(series_pk=series_pk, **row))
-                session.flush()
-                self._add_to_counts(session, study, series, row["size_bytes"])
-                if old_key:
-                    session.add(PendingDelete(blob_key=old_key))
-        except IntegrityError:
-            return "race"
-        return None
+                    session.commit()
+                base.replaced = True
+            patient_pk = conn.execute(
+                sql.patient,
+                {**fields.patient, "patient_id": ident.patient_id, "issuer": ident.issuer},
+            ).scalar_one()
+            study_pk, owner = conn.execute(
+                sql.study, {**fields.study, "study_uid": ident.study_uid, "patient_pk": patient_pk}
+            ).one()
+            if owner != patient_pk:
+                raise _Refused(f"study {ident.study_uid} belongs to another patient")
+            series_pk, parent, count = conn.execute(
+                sql.series, {**fields.series, "series_uid": ident.series_uid, "study_pk": study_pk}
+            ).one()
+            if parent != study_pk:
+                raise _Refused(f"series {ident.series_uid} belongs to another study")
+            conn.execute(sql.instance, {**row, "series_pk": series_pk})
+            size = row["size_bytes"]
+            conn.execute(sql.count_series, {"row_pk": series_pk, "size": size})
+            if count == 0:  # a new series (or one emptied by a replace)
+                self._refresh_study(conn, study_pk)
+            else:
+                at = row["received_at"]
+                conn.execute(sql.count_study, {"row_pk": study_pk, "size": size, "at": at})
+            if old_key:
+                conn.execute(insert(PendingDelete).values(blob_key=old_key))
 
-    def _get_or_create(
-        self, session: Session, model: Any, keys: dict[str, Any], values: dict[str, Any]
-    ) -> int:
-        """Primary key of the row with ``keys``, inserting it when missing (race-safe)."""
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(model).values({**values, **keys}).on_conflict_do_nothing()
-        session.execute(stmt)
-        where = [getattr(model, k) == v for k, v in keys.items()]
-        return int(session.execute(select(model.pk).where(*where)).scalar_one())
-
-    def _lock_study(
-        self, session: Session, study_uid: str, patient_pk: int, fields: IndexFields
-    ) -> Study:
-        self._get_or_create(
-            session, Study, {"study_uid": study_uid}, {**fields.study, "patient_pk": patient_pk}
-        )
-        # Row lock (PostgreSQL): derived counts of one study change one transaction at a time.
-        # SQLite transactions are already serialised by BEGIN IMMEDIATE.
-        return session.execute(
-            select(Study).where(Study.study_uid == study_uid).with_for_update()
-        ).scalar_one()
-
-    def _add_to_counts(self, session: Session, study: Study, series: Series, size: int) -> None:
-        session.execute(
-            update(Series)
-            .where(Series.pk == series.pk)
-            .values(num_instances=Series.num_instances + 1, size_bytes=Series.size_bytes + size)
-        )
-        self._refresh_study(session, study.pk)
-
-    def _refresh_study(self, session: Session, study_pk: int) -> None:
+    def _refresh_study(self, session: Session | Connection, study_pk: int) -> None:
         """Recompute a study's derived values from its series (under the study lock)."""
         agg = session.execute(
             select(
@@ -554,9 +612,83 @@ def _conflict(base: StoreResult, reason: str) -> StoreResult:
     return base
 
 
-def _new_blob_key() -> str:
-    name = uuid.uuid4().hex
-    return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+@dataclass(frozen=True)
+class _Writing:
+    """A blob being written on a writer thread."""
+
+    key: str
+    future: Future[BlobInfo]
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements of one store, built once per dialect (compiled once, then cached)."""
+
+    identity: Any
+    patient: Any
+    study: Any
+    series: Any
+    instance: Any
+    count_series: Any
+    count_study: Any
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    """Upserts that return the row's key in one statement, and the count increments.
+
+    The conflict clause sets a key column to itself: a no-op that makes the database return
+    (and, on PostgreSQL, lock) the existing row. Values are bound at execution.
+    """
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+
+    def upsert(model: Any, keys: tuple[str, ...], *returning: Any) -> Any:
+        stmt = dialect_insert(model.__table__)
+        return stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={keys[0]: getattr(stmt.excluded, keys[0])}
+        ).returning(*returning)
+
+    series, study = cast(Table, Series.__table__), cast(Table, Study.__table__)
+    identity = (
+        select(Patient.patient_id, Patient.issuer, Study.study_uid, Series.series_uid)
+        .select_from(Instance)
+        .join(Series, Series.pk == Instance.series_pk)
+        .join(Study, Study.pk == Series.study_pk)
+        .join(Patient, Patient.pk == Study.patient_pk)
+        .where(Instance.sop_instance_uid == bindparam("uid"))
+    )
+    return _Statements(
+        identity=identity,
+        patient=upsert(Patient, ("patient_id", "issuer"), Patient.pk),
+        study=upsert(Study, ("study_uid",), Study.pk, Study.patient_pk),
+        series=upsert(Series, ("series_uid",), Series.pk, Series.study_pk, Series.num_instances),
+        instance=insert(cast(Table, Instance.__table__)),
+        count_series=update(series)
+        .where(series.c.pk == bindparam("row_pk"))
+        .values(
+            num_instances=series.c.num_instances + 1,
+            size_bytes=series.c.size_bytes + bindparam("size"),
+        ),
+        count_study=update(study)
+        .where(study.c.pk == bindparam("row_pk"))
+        .values(
+            num_instances=study.c.num_instances + 1,
+            size_bytes=study.c.size_bytes + bindparam("size"),
+            updated_at=bindparam("at"),
+        ),
+    )
+
+
+class _Refused(Exception):
+    """A conflict found inside the index transaction (rolls it back)."""
+
+
+class _Answer(Exception):
+    """A known instance found inside the index transaction: the answer to give."""
+
+    def __init__(self, result: StoreResult) -> None:
+        super().__init__(result.status.value)
+        self.result = result
 
 
 class _Prefixed:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     spool_memory_bytes: int = Field(
         16 * 1024**2, ge=0, description="incoming data above this size is spooled to disk"
     )
+    blob_writer_threads: int = Field(
+        4, ge=1, le=64, description="threads that write and fsync blobs while stores go on"
+    )
     dicomweb_root: str = Field(
         "/dicomweb", pattern=r"^/[A-Za-z0-9._~/-]*[^/]$", description="path of the DICOMweb root"
     )

@@ -7,6 +7,7 @@ nothing of DICOM, HTTP or the index.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -52,6 +53,17 @@ class BlobStore(Protocol):
     def keys(self) -> Iterator[str]:
         """Every key in the store (for consistency checks and backups)."""
         ...
+
+
+#: Blob keys are ``{2 hex digits}/{32 hex digits}.dcm``: 256 folders, few enough that a file
+#: store makes them all once (no ``mkdir`` and folder fsync on the store path).
+KEY_PREFIXES = tuple(f"{i:02x}" for i in range(256))
+
+
+def new_blob_key() -> str:
+    """A fresh random key in the layout of ``KEY_PREFIXES``."""
+    name = uuid.uuid4().hex
+    return f"{name[:2]}/{name}.dcm"
 
 
 def copy_hashing(source: BinaryIO, write: object) -> BlobInfo:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from cloudfilm.core.errors import NotFound, OutOfResources, StorageFailure
-from cloudfilm.storage.base import BlobInfo, RangeReader, copy_hashing
+from cloudfilm.storage.base import KEY_PREFIXES, BlobInfo, RangeReader, copy_hashing
 
 
 class FileBlobStore:
@@ -25,6 +25,18 @@ class FileBlobStore:
         self.root = Path(root)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._make_key_folders()
+
+    def _make_key_folders(self) -> None:
+        """Create the folders of the key layout once, so that ``put`` never has to."""
+        created = False
+        for prefix in KEY_PREFIXES:
+            folder = self.root / prefix
+            if not folder.is_dir():
+                folder.mkdir(exist_ok=True)
+                created = True
+        if created:
+            _fsync_dir(self.root)
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith(("/", ".")) or ".." in key.split("/"):
