@@ -16,7 +16,7 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -113,6 +113,7 @@ class Archive:
         self._counters_lock = threading.Lock()
         self.counters: dict[str, int] = {s.value: 0 for s in StoreStatus} | {"bytes": 0}
         self._writer: ThreadPoolExecutor | None = None
+        self._commits = _GroupCommit()
 
     @classmethod
     def open(cls, settings: Settings, *, migrate_schema: bool = True) -> Archive:
@@ -379,68 +380,101 @@ class Archive:
     def _commit_instance(
         self, ident: _Identity, fields: IndexFields, row: dict[str, Any], base: StoreResult
     ) -> StoreResult | None:
-        """Index the instance in one transaction; None when stored, else the answer to give.
+        """Index the instance; None when stored (committed), else the answer to give.
 
-        The transaction first looks for the SOP Instance UID: a known one is a duplicate or a
-        conflict (or, under the replace policy, its old row goes in the same transaction).
-        Each level is then one upsert that returns the row's key (and, on PostgreSQL, locks
-        the row, so derived counts of one study change one transaction at a time; SQLite
-        transactions are serialised by ``BEGIN IMMEDIATE``). Counts are incremented; the
-        study's series count and modalities are recomputed only when a series gets its first
-        instance. A concurrent store of the same instance that commits first makes the insert
-        fail on the unique index: the transaction is then tried once more and finds it.
+        Stores running at the same time (DIMSE associations, STOW-RS requests, import
+        workers) share one transaction and one commit (group commit): the first to reach the
+        index writes everything waiting, each instance in its own savepoint, and all of them
+        answer after that commit. A lone store is simply a batch of one.
+        """
+        job = _IndexJob(ident, fields, row, base)
+        self._commits.run(job, self._index_batch)
+        if job.error is not None:
+            raise job.error
+        return job.answer
+
+    def _index_batch(self, batch: list[_IndexJob]) -> None:
+        """Index a batch in one transaction (see ``_index_job``); a failed commit fails all."""
+        try:
+            with self.engine.begin() as conn:
+                for job in batch:
+                    self._index_job(conn, job)
+        except BaseException as exc:  # nothing of the batch was committed
+            for job in batch:
+                job.answer, job.error = None, exc
+            if not isinstance(exc, Exception):
+                raise
+
+    def _index_job(self, conn: Connection, job: _IndexJob) -> None:
+        """Index one instance inside a savepoint of the batch's transaction.
+
+        It first looks for the SOP Instance UID: a known one is a duplicate or a conflict
+        (or, under the replace policy, its old row goes in the same transaction). Each level
+        is then one upsert that returns the row's key (and, on PostgreSQL, locks the row, so
+        derived counts of one study change one transaction at a time; SQLite transactions are
+        serialised by ``BEGIN IMMEDIATE``). Counts are incremented; the study's series count
+        and modalities are recomputed only when a series gets its first instance. A
+        concurrent store of the same instance that commits first makes the insert fail on the
+        unique index: the savepoint is rolled back and the look-up done once more.
         """
         for _attempt in range(2):
             try:
-                self._index_rows(ident, fields, row, base)
+                with conn.begin_nested():
+                    self._index_rows(conn, job.ident, job.fields, job.row, job.base)
             except IntegrityError:
                 continue
             except _Answer as answer:
-                return answer.result
+                job.answer = answer.result
             except _Refused as refused:
-                return _conflict(base, str(refused))
-            return None
-        raise StorageFailure("instance changed concurrently; send it again")
+                job.answer = _conflict(job.base, str(refused))
+            except Exception as exc:
+                job.error = exc
+            return
+        job.error = StorageFailure("instance changed concurrently; send it again")
 
     def _index_rows(
-        self, ident: _Identity, fields: IndexFields, row: dict[str, Any], base: StoreResult
+        self,
+        conn: Connection,
+        ident: _Identity,
+        fields: IndexFields,
+        row: dict[str, Any],
+        base: StoreResult,
     ) -> None:
         sql = _statements(self.engine.dialect.name)
-        with self.engine.begin() as conn:
-            old_key = None
-            existing = conn.execute(sql.identity, {"uid": row["sop_instance_uid"]}).first()
-            if existing is not None:
-                verdict = self._compare(_Identity(*existing), ident, base)
-                if verdict is not None:
-                    raise _Answer(verdict)
-                with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
-                    old_key = self._remove_instance_row(session, row["sop_instance_uid"])
-                    session.commit()
-                base.replaced = True
-            patient_pk = conn.execute(
-                sql.patient,
-                {**fields.patient, "patient_id": ident.patient_id, "issuer": ident.issuer},
-            ).scalar_one()
-            study_pk, owner = conn.execute(
-                sql.study, {**fields.study, "study_uid": ident.study_uid, "patient_pk": patient_pk}
-            ).one()
-            if owner != patient_pk:
-                raise _Refused(f"study {ident.study_uid} belongs to another patient")
-            series_pk, parent, count = conn.execute(
-                sql.series, {**fields.series, "series_uid": ident.series_uid, "study_pk": study_pk}
-            ).one()
-            if parent != study_pk:
-                raise _Refused(f"series {ident.series_uid} belongs to another study")
-            conn.execute(sql.instance, {**row, "series_pk": series_pk})
-            size = row["size_bytes"]
-            conn.execute(sql.count_series, {"row_pk": series_pk, "size": size})
-            if count == 0:  # a new series (or one emptied by a replace)
-                self._refresh_study(conn, study_pk)
-            else:
-                at = row["received_at"]
-                conn.execute(sql.count_study, {"row_pk": study_pk, "size": size, "at": at})
-            if old_key:
-                conn.execute(insert(PendingDelete).values(blob_key=old_key))
+        old_key = None
+        existing = conn.execute(sql.identity, {"uid": row["sop_instance_uid"]}).first()
+        if existing is not None:
+            verdict = self._compare(_Identity(*existing), ident, base)
+            if verdict is not None:
+                raise _Answer(verdict)
+            with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+                old_key = self._remove_instance_row(session, row["sop_instance_uid"])
+                session.commit()
+            base.replaced = True
+        patient_pk = conn.execute(
+            sql.patient,
+            {**fields.patient, "patient_id": ident.patient_id, "issuer": ident.issuer},
+        ).scalar_one()
+        study_pk, owner = conn.execute(
+            sql.study, {**fields.study, "study_uid": ident.study_uid, "patient_pk": patient_pk}
+        ).one()
+        if owner != patient_pk:
+            raise _Refused(f"study {ident.study_uid} belongs to another patient")
+        series_pk, parent, count = conn.execute(
+            sql.series, {**fields.series, "series_uid": ident.series_uid, "study_pk": study_pk}
+        ).one()
+        if parent != study_pk:
+            raise _Refused(f"series {ident.series_uid} belongs to another study")
+        conn.execute(sql.instance, {**row, "series_pk": series_pk})
+        size = row["size_bytes"]
+        conn.execute(sql.count_series, {"row_pk": series_pk, "size": size})
+        if count == 0:  # a new series (or one emptied by a replace)
+            self._refresh_study(conn, study_pk)
+        else:
+            at = row["received_at"]
+            conn.execute(sql.count_study, {"row_pk": study_pk, "size": size, "at": at})
+        if old_key:
+            conn.execute(insert(PendingDelete).values(blob_key=old_key))
 
     def _refresh_study(self, session: Session | Connection, study_pk: int) -> None:
         """Recompute a study's derived values from its series (under the study lock)."""
@@ -610,6 +644,48 @@ def _conflict(base: StoreResult, reason: str) -> StoreResult:
     base.reason = reason
     base.error = Conflict(reason)
     return base
+
+
+@dataclass
+class _IndexJob:
+    """One instance waiting to be indexed, and what became of it."""
+
+    ident: _Identity
+    fields: IndexFields
+    row: dict[str, Any]
+    base: StoreResult
+    answer: StoreResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _GroupCommit:
+    """Runs waiting index jobs in batches: one committer at a time takes all that wait.
+
+    A thread adds its job, then takes the commit lock; if another thread's batch already
+    included the job (it is ``done``), there is nothing left to do. Otherwise this thread
+    commits every job waiting, its own among them. Memory stays bounded by the number of
+    threads storing at once.
+    """
+
+    def __init__(self) -> None:
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._waiting: list[_IndexJob] = []
+
+    def run(self, job: _IndexJob, commit: Callable[[list[_IndexJob]], None]) -> None:
+        with self._queue_lock:
+            self._waiting.append(job)
+        with self._commit_lock:
+            if job.done:
+                return
+            with self._queue_lock:
+                batch, self._waiting = self._waiting, []
+            try:
+                commit(batch)
+            finally:
+                for waiting in batch:
+                    waiting.done = True
 
 
 @dataclass(frozen=True)

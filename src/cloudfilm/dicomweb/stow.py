@@ -62,9 +62,11 @@ DICOM_XML = "application/dicom+xml"
 #: WarningReason (0008,1196) for an instance stored with remarks (PS3.18 Table I.2-1):
 #: "Data Set does not match SOP Class" — odd values kept as received.
 WARNING_DATA_SET_REMARKS = 0xB007
-#: Stores running in a worker thread while the next part is read (1 keeps the parts' order:
-#: of two copies of one SOP Instance UID in a request, the first is the one kept).
-MAX_PENDING_STORES = 1
+#: Stores running in worker threads while the next parts are read. Their index rows share
+#: commits (``Archive``'s group commit), so several at once go faster than one by one. Of two
+#: copies of one SOP Instance UID in one request, whichever commits first is kept and the other
+#: is answered as a duplicate (or a conflict, when their identities differ).
+MAX_PENDING_STORES = 4
 #: Most reasons repeated in ``Warning`` headers of one answer.
 MAX_WARNING_HEADERS = 20
 _UID = re.compile(r"^[0-9.]{1,64}$")
@@ -282,6 +284,8 @@ async def store_instances(
     study_uid: str | None,
 ) -> Response:
     """Handle ``POST /studies`` and ``POST /studies/{study}``."""
+    if not principal.can_store():
+        raise Forbidden("this caller may not store instances")
     if study_uid is not None and not principal.can_view_study(study_uid):
         raise Forbidden(f"not allowed to store into study {study_uid}")
     boundary = _check_media_type(request)
