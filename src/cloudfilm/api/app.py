@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from cloudfilm import __version__
 from cloudfilm.api.deps import ArchiveDep
-from cloudfilm.api.metrics import LatencyHistogram, render_counters
+from cloudfilm.api.metrics import LatencyHistogram, LatencyMiddleware, render_counters
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
@@ -44,16 +43,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     if archive is not None:
         app.state.archive = archive
 
-    @app.middleware("http")
-    async def _time(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "<unmatched>")
-        app.state.latency.observe(template, request.method, time.perf_counter() - start)
-        return response
+    app.add_middleware(LatencyMiddleware, histogram=app.state.latency)
 
     @app.exception_handler(CloudFilmError)
     async def _cloudfilm_error(_request: Request, exc: CloudFilmError) -> JSONResponse:
