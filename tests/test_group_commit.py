@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from cloudfilm.archive import Archive, StoreStatus, _GroupCommit, _IndexJob
+from cloudfilm.archive import Archive, StoreStatus, StoreTurn, _GroupCommit, _IndexJob
 from cloudfilm.index.models import Instance, Series, Study
 from cloudfilm.maintenance import check_archive
 from support.instances import make_dataset, part10
@@ -99,3 +100,36 @@ def test_a_failed_batch_answers_rejected_and_keeps_no_blob(
     assert all(r.status is StoreStatus.REJECTED for r in results)
     assert all("index is down" in (r.reason or "") for r in results)
     assert list(archive.blobs.keys()) == []
+
+
+def test_a_turn_waits_for_the_previous_one() -> None:
+    first = StoreTurn()
+    second = StoreTurn(first)
+    waited = threading.Event()
+
+    def wait_second() -> None:
+        second.wait()
+        waited.set()
+
+    thread = threading.Thread(target=wait_second)
+    thread.start()
+    assert not waited.wait(0.2)  # the first has not passed: the second waits
+    first.passed()
+    assert waited.wait(10)
+    thread.join(10)
+
+
+def test_stores_in_turns_keep_the_first_of_two_copies(archive: Archive) -> None:
+    """Two copies of one SOP Instance UID with other patients: the earlier turn's is kept,
+    even when the later store reaches the index first."""
+    ds = make_dataset(PatientID="FIRST")
+    other = copy.deepcopy(ds)
+    other.PatientID = "SECOND"
+    turns = [StoreTurn()]
+    turns.append(StoreTurn(turns[0]))
+    with ThreadPoolExecutor(2) as pool:
+        later = pool.submit(archive.store, part10(other), turn=turns[1])
+        threading.Event().wait(0.2)  # the later store is parsed and waits for its turn
+        earlier = pool.submit(archive.store, part10(ds), turn=turns[0])
+        results = earlier.result(), later.result()
+    assert [r.status for r in results] == [StoreStatus.STORED, StoreStatus.CONFLICT]

@@ -146,6 +146,7 @@ class Archive:
         transfer_syntax: str | None = None,
         source: str | None = None,
         source_ae: str | None = None,
+        turn: StoreTurn | None = None,
     ) -> StoreResult:
         """Store one instance, received as a Part 10 file or as a bare data set.
 
@@ -159,6 +160,10 @@ class Archive:
             Where it came from, kept in the index ("import", "stow", "dimse:CT1").
         source_ae
             Calling AE title, written into a generated File Meta Information header.
+        turn
+            For stores of one request running at once: their index rows are written in the
+            order of their turns, so that of two copies of one instance the first received is
+            the one kept (see ``StoreTurn``).
 
         Returns
         -------
@@ -179,13 +184,16 @@ class Archive:
                     if early is not None:
                         self._abandon_blob(early)
                     raise
-                result = self._store_parsed(spool, parsed, source, early)
+                result = self._store_parsed(spool, parsed, source, early, turn)
         except CloudFilmError as exc:
             result = StoreResult(StoreStatus.REJECTED, reason=exc.message, error=exc)
         except Exception as exc:  # the index or storage failed: answer, never crash the caller
             logger.exception("store failed")
             error = StorageFailure(f"processing failure: {type(exc).__name__}: {exc}")
             result = StoreResult(StoreStatus.REJECTED, reason=error.message, error=error)
+        finally:
+            if turn is not None:
+                turn.passed()  # refused before the index: the next store need not wait
         self._count(result)
         return result
 
@@ -258,6 +266,7 @@ class Archive:
         parsed: ParsedInstance,
         source: str | None,
         early: _Writing | None = None,
+        turn: StoreTurn | None = None,
     ) -> StoreResult:
         base = StoreResult(
             StoreStatus.STORED,
@@ -303,7 +312,7 @@ class Archive:
                 "received_at": utcnow(),
                 **fields.instance,
             }
-            verdict = self._commit_instance(ident, fields, row, base)
+            verdict = self._commit_instance(ident, fields, row, base, turn)
         except BaseException:
             self._abandon_blob(writing)
             raise
@@ -378,7 +387,12 @@ class Archive:
         )
 
     def _commit_instance(
-        self, ident: _Identity, fields: IndexFields, row: dict[str, Any], base: StoreResult
+        self,
+        ident: _Identity,
+        fields: IndexFields,
+        row: dict[str, Any],
+        base: StoreResult,
+        turn: StoreTurn | None = None,
     ) -> StoreResult | None:
         """Index the instance; None when stored (committed), else the answer to give.
 
@@ -388,7 +402,9 @@ class Archive:
         answer after that commit. A lone store is simply a batch of one.
         """
         job = _IndexJob(ident, fields, row, base)
-        self._commits.run(job, self._index_batch)
+        if turn is not None:
+            turn.wait()
+        self._commits.run(job, self._index_batch, turn.passed if turn is not None else None)
         if job.error is not None:
             raise job.error
         return job.answer
@@ -646,6 +662,28 @@ def _conflict(base: StoreResult, reason: str) -> StoreResult:
     return base
 
 
+class StoreTurn:
+    """A place in line for the index, for stores of one request that run at once.
+
+    Each turn is made after the previous one (``StoreTurn(previous)``); a store waits until
+    the previous store's job is queued for the index (or that store ended without one) before
+    queuing its own. Jobs are committed in queue order, so rows are written in the order the
+    instances were received, while parsing and blob writing still overlap.
+    """
+
+    def __init__(self, previous: StoreTurn | None = None) -> None:
+        self._previous = previous
+        self._passed = threading.Event()
+
+    def wait(self) -> None:
+        if self._previous is not None:
+            self._previous._passed.wait()
+            self._previous = None  # let the chain be collected
+
+    def passed(self) -> None:
+        self._passed.set()
+
+
 @dataclass
 class _IndexJob:
     """One instance waiting to be indexed, and what became of it."""
@@ -673,9 +711,16 @@ class _GroupCommit:
         self._queue_lock = threading.Lock()
         self._waiting: list[_IndexJob] = []
 
-    def run(self, job: _IndexJob, commit: Callable[[list[_IndexJob]], None]) -> None:
+    def run(
+        self,
+        job: _IndexJob,
+        commit: Callable[[list[_IndexJob]], None],
+        queued: Callable[[], None] | None = None,
+    ) -> None:
         with self._queue_lock:
             self._waiting.append(job)
+        if queued is not None:
+            queued()
         with self._commit_lock:
             if job.done:
                 return
