@@ -15,8 +15,9 @@ ends (DCMTK, and so Orthanc, reads it; cloudfilm sets the option itself):
 
 1. ``storescu`` sends the 300-slice 512×512 CT over one association;
 2. four ``storescu`` at once send 75 slices each;
-3. with 1,000 one-instance studies stored, ``findscu`` study-level queries: a single study by
-   Patient ID (the latency target), and a name wildcard matching ten studies (information).
+3. with 1,000 one-instance studies stored in both (running side by side), ``findscu``
+   study-level queries alternating between the two servers: a single study by Patient ID
+   (the latency target), and a name wildcard matching ten studies (information).
 
 Run from the repository root: ``python -m bench.dimse`` (options: ``--help``).
 """
@@ -24,6 +25,7 @@ Run from the repository root: ``python -m bench.dimse`` (options: ``--help``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -277,24 +279,37 @@ class FindRuns:
     matches_by_name: int = 0
 
 
-def find_runs(system: str, files: list[Path], queries: int, storage: Path) -> FindRuns:
-    """Fresh server holding ``files``; time findscu study-level queries (wall, in ms)."""
-    result = FindRuns(system)
-    with serving(system, storage) as server:
-        load = run("storescu", "-aec", server.called_ae, "127.0.0.1", str(server.dicom_port),
-                   *files, timeout=1800)  # fmt: skip
-        if load.returncode != 0 or server.instances() != len(files):
-            raise SystemExit(f"FAILED: loading {len(files)} studies into {system}: {load.stderr}")
-        common = ["-S", "-aec", server.called_ae, "-k", "QueryRetrieveLevel=STUDY", "-k",
-                  "StudyInstanceUID", "-k", "PatientName", "-k", "StudyDate"]  # fmt: skip
+def find_runs(
+    files: list[Path], queries: int, run_dir: Path, quiet_wait: float = 0.0
+) -> dict[str, FindRuns]:
+    """Both servers, fresh, holding ``files``; time findscu study-level queries (wall, ms).
+
+    The servers run side by side and the queries alternate between them (the one asked
+    first alternates too), so that a busy moment of the machine hits both alike.
+    """
+    results = {system: FindRuns(system, matches_by_name=10) for system in SYSTEMS}
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(serving(s, run_dir / f"{s}-find")) for s in SYSTEMS]
+        for server in servers:
+            load = run("storescu", "-aec", server.called_ae, "127.0.0.1",
+                       str(server.dicom_port), *files, timeout=1800)  # fmt: skip
+            if load.returncode != 0 or server.instances() != len(files):
+                raise SystemExit(
+                    f"FAILED: loading {len(files)} studies into {server.system}: {load.stderr}"
+                )
         step = max(1, len(files) // queries)
         for n in range(queries):
-            key = f"PatientID=BENCH{(n * step) % len(files):04d}"
-            result.by_id.append(_findscu([*common, "-k", key], server, expected=1))
-            name = f"PatientName=BENCH^P{(n * 10) % len(files) // 10:03d}*"
-            result.by_name.append(_findscu([*common, "-k", name], server, expected=10))
-        result.matches_by_name = 10
-    return result
+            if quiet_wait:
+                wait_for_quiet(quiet_wait)
+            by_id = f"PatientID=BENCH{(n * step) % len(files):04d}"
+            by_name = f"PatientName=BENCH^P{(n * 10) % len(files) // 10:03d}*"
+            for server in servers if n % 2 else list(reversed(servers)):
+                common = ["-S", "-aec", server.called_ae, "-k", "QueryRetrieveLevel=STUDY", "-k",
+                          "StudyInstanceUID", "-k", "PatientName", "-k", "StudyDate"]  # fmt: skip
+                result = results[server.system]
+                result.by_id.append(_findscu([*common, "-k", by_id], server, expected=1))
+                result.by_name.append(_findscu([*common, "-k", by_name], server, expected=10))
+    return results
 
 
 def _findscu(args: list[str], server: Server, expected: int) -> float:
@@ -433,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{result.per_second:6.1f} inst/s ({result.seconds:.2f} s)",
                           flush=True)  # fmt: skip
                     shutil.rmtree(folder, ignore_errors=True)
+        finds = find_runs(find_files, args.queries, run_dir, args.quiet_wait)
         for system in SYSTEMS:
-            finds[system] = find_runs(system, find_files, args.queries, run_dir / f"{system}-find")
             median = Stats.of(finds[system].by_id).median
             print(f"C-FIND:  {system:9} {median:.1f} ms by Patient ID", flush=True)
     finally:

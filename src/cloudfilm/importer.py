@@ -161,6 +161,10 @@ def import_items(
             report.problems.append((item.label, "rejected", f"cannot read: {exc}"))
             report.counts["rejected"] += 1
             continue
+        if archive.settings.dimse_routes:  # forward per the routing rules (docs/dimse.md)
+            from cloudfilm.dimse.routing import route_stored
+
+            route_stored(archive, result, origin="import")
         report.add(item.label, result, item.size)
         if progress:
             progress(item.size)

@@ -65,6 +65,11 @@ def _recoded(name: str, **attrs: str) -> bytes:
 @pytest.fixture
 def study(archive: Archive) -> Study:
     """One patient, one study of three series: explicit VR, implicit VR, compressed (J2K, RLE)."""
+    return make_study(archive)
+
+
+def make_study(archive: Archive) -> Study:
+    """Store the study of the ``study`` fixture."""
     patient, study_uid = "PRET", generate_uid()
     result = Study(patient, study_uid, {}, {})
     common = {"PatientID": patient, "PatientName": "Retrieve^Test", "StudyInstanceUID": study_uid}
@@ -252,10 +257,11 @@ def test_a_sub_operation_that_cannot_be_sent_is_reported(
     dcmtk: Dcmtk, dimse: DimseServer, archive: Archive, study: Study, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """A destination accepting only implicit VR, and no transcoder: 0xB000 with the failures."""
-    from cloudfilm.dimse import retrieve
+    """A destination accepting only implicit VR, and nothing can be transcoded: 0xB000 with
+    the failures."""
+    from cloudfilm.dicom import transcode
 
-    monkeypatch.setattr(retrieve, "_transcoder", lambda: None)
+    monkeypatch.setattr(transcode, "can_transcode", lambda source, target: source == target)
     from dimse_support import start_storescp
 
     scp = start_storescp(dcmtk, tmp_path / "implicit", "IMPLICIT", "+xi")

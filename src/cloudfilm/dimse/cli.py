@@ -180,21 +180,31 @@ def dimse_command(
 
 @contextlib.contextmanager
 def dimse_beside(settings: Settings, enabled: bool) -> Iterator[None]:
-    """Run the DIMSE server in background threads while the body runs (``cloudfilm serve``)."""
-    if not enabled:
+    """While the body runs (``cloudfilm serve``): the DIMSE server in background threads when
+    ``enabled``; else, when routing rules are configured, its workers alone (the forwarding
+    queue, for what STOW-RS receives, and commitment report retries)."""
+    if not enabled and not settings.dimse_routes:
         yield
         return
     from cloudfilm.archive import Archive
     from cloudfilm.dimse.server import DimseServer
+    from cloudfilm.dimse.workers import DimseWorkers
 
     archive = Archive.open(settings)
-    server = DimseServer(archive)
-    server.start()
-    console.print(
-        f"cloudfilm DIMSE server {server.ae_title} listening on {server.host}:{server.port}"
-    )
+    server = DimseServer(archive) if enabled else None
+    workers = server.workers if server is not None else DimseWorkers(archive)
+    if server is not None:
+        server.start()  # with its workers
+        console.print(
+            f"cloudfilm DIMSE server {server.ae_title} listening on {server.host}:{server.port}"
+        )
+    else:
+        workers.start()
     try:
         yield
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        else:
+            workers.stop()
         archive.close()

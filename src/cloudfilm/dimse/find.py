@@ -9,13 +9,22 @@ with status 0xFE00 (PS3.4 C.4.1.2.3).
 
 Character sets (PS3.4 C.4.1.1.3.1, PS3.5 6.1): each response is encoded in the character set
 of the query when its values fit in it, otherwise in UTF-8 (``ISO_IR 192``).
+
+The C-FIND requests of our associations are served by ``FindService`` (swapped in by
+``install`` through ``dispatch``), which writes each C-FIND-RSP itself: the command set is a
+few fixed elements, encoded here in Implicit VR Little Endian (PS3.7 6.3.1) instead of through
+pydicom data sets built and encoded twice per message by pynetdicom; the identifier is still
+encoded by pydicom (character sets). That halves the CPU time of a C-FIND on the server.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
+import threading
 import warnings
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +32,18 @@ import pydicom.charset
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 from pydicom.valuerep import PersonName
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import InvalidQuery
 from cloudfilm.dicom.charset import TEXT_VRS
-from cloudfilm.dimse import status
+from cloudfilm.dimse import dispatch, status
 from cloudfilm.dimse.peers import Permission
 from cloudfilm.dimse.principal import DimsePrincipal
 from cloudfilm.index.matching import SUPPORTED_KEYS, Level, query_rows
@@ -44,6 +59,8 @@ MODEL_LEVELS: dict[str, tuple[Level, ...]] = {
     STUDY_ROOT_FIND: (Level.STUDY, Level.SERIES, Level.INSTANCE),
 }
 
+#: Keys read with every match, to ask the principal whether the caller may see it.
+_VISIBILITY_KEYS = {"StudyInstanceUID", "PatientID", "IssuerOfPatientID"}
 #: Elements of the identifier that are not keys.
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 
@@ -153,9 +170,12 @@ def _matches(
 ) -> Iterator[Response]:
     pending = status.PENDING_UNSUPPORTED_KEYS if query.unsupported else status.PENDING
     count = 0
+    # Only the columns answered or needed to check visibility; the rows come over a Core
+    # connection (a read: the ORM session would only add work).
+    columns = {keyword for _, keyword, _ in query.returned} | _VISIBILITY_KEYS
     try:
-        with archive.sessions() as session:
-            for row in query_rows(session, query.level, query.keys):
+        with archive.engine.connect() as connection:
+            for row in query_rows(connection, query.level, query.keys, columns=columns):
                 if event.is_cancelled:
                     logger.info("C-FIND from %s cancelled after %d matches", principal, count)
                     yield status.CANCEL, None
@@ -164,7 +184,6 @@ def _matches(
                     continue
                 count += 1
                 yield pending, build_response(query, row, ae_title)
-            session.rollback()
     except InvalidQuery as exc:
         yield status.status_dataset(exc.dimse_status, exc.message), None
         return
@@ -240,3 +259,147 @@ def _encodes(text: str, charsets: list[str]) -> bool:
             return bool(pydicom.charset.decode_bytes(encoded, encodings, set()) == text)
         except Exception:
             return False
+
+
+# ------------------------------------------------------------------------------ the service
+
+
+@dataclass(frozen=True)
+class _Owner:
+    archive: Archive
+    ae_title: str
+    principal_of: Callable[[Any], DimsePrincipal | None]
+
+
+_owners: weakref.WeakKeyDictionary[Any, _Owner] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def install(
+    ae: Any,
+    archive: Archive,
+    ae_title: str,
+    principal_of: Callable[[Any], DimsePrincipal | None],
+) -> None:
+    """Serve the C-FIND requests made to ``ae`` with ``FindService``."""
+    with _lock:
+        _owners[ae] = _Owner(archive, ae_title, principal_of)
+    dispatch.register(MODEL_LEVELS, FindService)
+
+
+def uninstall(ae: Any) -> None:
+    with _lock:
+        _owners.pop(ae, None)
+
+
+@dataclass
+class _FindEvent:
+    """What ``handle_find`` reads of pynetdicom's ``EVT_C_FIND`` event."""
+
+    identifier: Dataset
+    request: Any
+    service: Any
+
+    @property
+    def is_cancelled(self) -> bool:
+        return bool(self.service.is_cancelled(self.request.MessageID))
+
+
+class FindService(QueryRetrieveServiceClass):
+    """C-FIND SCP of registered AEs: ``handle_find``'s answers, written as they come."""
+
+    def SCP(self, req: Any, context: Any) -> None:
+        owner = _owners.get(self.assoc.ae)
+        syntax = str(context.abstract_syntax)
+        if owner is None or not isinstance(req, C_FIND) or syntax not in MODEL_LEVELS:
+            super().SCP(req, context)
+            return
+        transfer_syntax = UID(context.transfer_syntax[0])
+        respond = _Responder(self, req, int(context.context_id), transfer_syntax)
+        try:
+            if req.Identifier is None:
+                raise ValueError("no identifier")
+            identifier = decode(
+                req.Identifier,
+                transfer_syntax.is_implicit_VR,
+                transfer_syntax.is_little_endian,
+                transfer_syntax.is_deflated,
+            )
+        except Exception as exc:
+            respond(status.IDENTIFIER_DOES_NOT_MATCH, None, f"unreadable identifier: {exc}")
+            return
+        event = _FindEvent(identifier, req, self)
+        principal = owner.principal_of(self.assoc)
+        for code, answer in handle_find(event, owner.archive, principal, owner.ae_title):
+            if not self.assoc.is_established:
+                return
+            if isinstance(code, Dataset):  # a failure, with its Error Comment
+                respond(int(code.Status), None, str(code.get("ErrorComment", "")))
+                return
+            respond(code, answer)
+            if code == status.CANCEL:
+                return
+        respond(status.SUCCESS, None)
+
+
+class _Responder:
+    """Sends the C-FIND-RSPs of one request."""
+
+    def __init__(self, service: Any, req: Any, context_id: int, transfer_syntax: UID) -> None:
+        self.service = service
+        self.message_id = int(req.MessageID)
+        self.sop_class = str(req.AffectedSOPClassUID)
+        self.context_id = context_id
+        self.transfer_syntax = transfer_syntax
+
+    def __call__(self, code: int, identifier: Dataset | None, comment: str = "") -> None:
+        data = None
+        if identifier is not None:
+            syntax = self.transfer_syntax
+            data = encode(
+                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+            if data is None:
+                code, comment = status.HANDLER_FAILED["C-FIND"], "cannot encode a match"
+        command = find_response_command(
+            self.sop_class, self.message_id, code, data is not None, comment
+        )
+        dul = self.service.assoc.dul
+        for pdata in p_data(self.context_id, command, data, self.service.dimse.maximum_pdu_size):
+            dul.send_pdu(pdata)
+
+
+def _element(element: int, value: bytes) -> bytes:
+    """One command element, group 0000, Implicit VR Little Endian."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def find_response_command(
+    sop_class_uid: str, message_id: int, code: int, with_identifier: bool, comment: str = ""
+) -> bytes:
+    """The command set of a C-FIND-RSP (PS3.7 9.3.2.2, E.1), Implicit VR Little Endian."""
+    uid = sop_class_uid.encode("ascii")
+    body = _element(0x0002, uid + b"\x00" * (len(uid) % 2))  # Affected SOP Class UID
+    body += _element(0x0100, struct.pack("<H", 0x8020))  # Command Field: C-FIND-RSP
+    body += _element(0x0120, struct.pack("<H", message_id))  # Message ID Being Responded To
+    # Command Data Set Type: 0x0101 none, anything else present (pynetdicom writes 1)
+    body += _element(0x0800, struct.pack("<H", 0x0001 if with_identifier else 0x0101))
+    body += _element(0x0900, struct.pack("<H", code))  # Status
+    if comment:
+        text = status.error_comment(comment).encode("ascii")
+        body += _element(0x0902, text + b" " * (len(text) % 2))  # Error Comment (LO)
+    return _element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length
+
+
+def p_data(context_id: int, command: bytes, data: bytes | None, max_pdu: int) -> Iterator[P_DATA]:
+    """P-DATA primitives of one message (PS3.8 E.2): the command fragments, then the data
+    set's; each PDV within the peer's maximum PDU length (0: no limit)."""
+    for payload, more, last in ((command, 0x01, 0x03), (data, 0x00, 0x02)):
+        if not payload:
+            continue
+        fragments = list(C_FIND_RSP._generate_pdv_fragments(payload, max_pdu))
+        for index, fragment in enumerate(fragments):
+            header = last if index == len(fragments) - 1 else more
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, bytes([header]) + fragment))
+            yield pdata

@@ -7,11 +7,10 @@ requests of our associations go to ``RetrieveService`` instead (``install`` swap
 the retrieve SOP classes only, and only for application entities registered with it; any
 other pynetdicom AE in the process keeps the standard service).
 
-Each sub-operation is a C-STORE-RQ whose data set is read straight from the blob, from its
-``dataset_offset`` to the end, under a presentation context with the stored transfer syntax.
-When the peer accepted the SOP class only with another transfer syntax, the instance is
-transcoded by ``cloudfilm.dicom.transcode`` when that module is present, otherwise the
-sub-operation fails with a warning in the log.
+Each sub-operation is a C-STORE-RQ sent by ``cloudfilm.dimse.scu.StoredInstanceSender``: the
+data set read straight from the blob under a context with the stored transfer syntax, or
+transcoded when the peer accepted the SOP class only in another syntax (if that is impossible
+the sub-operation fails and the log says why).
 
 Responses (PS3.4 C.4.2.1.5, C.4.3.1.4): a pending 0xFF00 after each sub-operation with the
 counts of remaining, completed, failed and warning sub-operations; finally 0x0000 (all
@@ -22,27 +21,17 @@ completed), 0xB000 (some failed or had warnings, with the Failed SOP Instance UI
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
-import queue
-import shutil
-import tempfile
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from pathlib import Path
 from typing import Any, Protocol
 
-import pynetdicom.association
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pydicom.uid import UID
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.status import (
     QR_GET_SERVICE_CLASS_STATUS,
@@ -52,9 +41,16 @@ from pynetdicom.status import (
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import InvalidQuery
-from cloudfilm.dimse import status
+from cloudfilm.dimse import dispatch, status
 from cloudfilm.dimse.peers import Peer, Permission
 from cloudfilm.dimse.principal import DimsePrincipal
+from cloudfilm.dimse.scu import (
+    CannotAssociate,
+    CannotSend,
+    StoredInstanceSender,
+    associate,
+    proposed_contexts,
+)
 from cloudfilm.dimse.selection import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -65,15 +61,11 @@ from cloudfilm.dimse.selection import (
     parse_retrieve_identifier,
     select_instances,
 )
-from cloudfilm.storage import FileBlobStore
 
 logger = logging.getLogger(__name__)
 
 #: Most sub-operations one retrieve may have: the counts are US (PS3.7 E.1).
 MAX_SUBOPERATIONS = 65535
-#: Most presentation contexts one association may propose (odd IDs 1-255, PS3.8 9.3.2.2).
-MAX_CONTEXTS = 128
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 class RetrieveOwner(Protocol):
@@ -86,8 +78,6 @@ class RetrieveOwner(Protocol):
 
     def find_peer(self, ae_title: str) -> Peer | None: ...
 
-    def connection_handlers(self) -> list[tuple[Any, Callable[..., Any]]]: ...
-
 
 _owners: weakref.WeakKeyDictionary[Any, RetrieveOwner] = weakref.WeakKeyDictionary()
 _install_lock = threading.Lock()
@@ -97,18 +87,7 @@ def install(ae: Any, owner: RetrieveOwner) -> None:
     """Serve C-GET/C-MOVE requests made to ``ae`` with ``RetrieveService`` and ``owner``."""
     with _install_lock:
         _owners[ae] = owner
-        current = getattr(pynetdicom.association, "uid_to_service_class")  # noqa: B009
-        if getattr(current, "_cloudfilm", False):
-            return
-        original = current
-
-        def dispatch(uid: str) -> Any:
-            if uid in RETRIEVE_MODELS:
-                return RetrieveService
-            return original(uid)
-
-        dispatch._cloudfilm = True  # type: ignore[attr-defined]
-        setattr(pynetdicom.association, "uid_to_service_class", dispatch)  # noqa: B010
+    dispatch.register(RETRIEVE_MODELS, RetrieveService)
 
 
 def uninstall(ae: Any) -> None:
@@ -143,10 +122,6 @@ class _Refused(Exception):
         super().__init__(comment)
         self.code = code
         self.comment = comment
-
-
-class _SubOperationFailed(Exception):
-    """A C-STORE sub-operation that could not even be attempted."""
 
 
 @dataclass
@@ -240,20 +215,15 @@ class _Retrieval:
         if not instances:
             self._final(_Counts(remaining=0))
             return
-        contexts = proposed_contexts(instances, transcoder_available())
-        assoc = self.service.assoc.ae.associate(
-            peer.host,
-            peer.port,
-            contexts=contexts,
-            ae_title=peer.ae_title,
-            max_pdu=self.owner.archive.settings.dimse_max_pdu,
-            evt_handlers=self.owner.connection_handlers(),
-        )
-        if not assoc.is_established:
-            raise _Refused(
-                status.UNABLE_TO_PERFORM_SUBOPERATIONS,
-                f"cannot associate with {peer.ae_title} at {peer.host}:{peer.port}",
+        try:
+            assoc = associate(
+                self.service.assoc.ae,
+                peer,
+                proposed_contexts(instances),
+                max_pdu=self.owner.archive.settings.dimse_max_pdu,
             )
+        except CannotAssociate as exc:
+            raise _Refused(status.UNABLE_TO_PERFORM_SUBOPERATIONS, str(exc)) from None
         calling_ae = self.principal.calling_ae if self.principal else ""
         sender = StoredInstanceSender(
             assoc, self.owner.archive, originator=(calling_ae, int(self.req.MessageID))
@@ -283,7 +253,7 @@ class _Retrieval:
             else:
                 try:
                     code = sender.send(instance, sub_id)
-                except _SubOperationFailed as exc:
+                except CannotSend as exc:
                     logger.warning("%s: %s", self.operation, exc)
             category = code_to_category(code) if code is not None else "Failure"
             counts.remaining -= 1
@@ -354,206 +324,3 @@ class _Retrieval:
             rsp.Identifier = BytesIO(encoded or b"")
         if self.service.assoc.is_established:
             self.service.dimse.send_msg(rsp, self.context_id)
-
-
-# ---------------------------------------------------------------------------------- sending
-
-
-def transcoder_available() -> bool:
-    """Whether ``cloudfilm.dicom.transcode`` (a colleague's module) is installed."""
-    return _transcoder() is not None
-
-
-def _transcoder() -> Any:
-    try:
-        return importlib.import_module("cloudfilm.dicom.transcode")
-    except ImportError:
-        return None
-
-
-def proposed_contexts(
-    instances: list[StoredInstance], can_transcode: bool
-) -> list[PresentationContext]:
-    """Presentation contexts to propose to a move destination (PS3.8 9.3.2.2).
-
-    One context for each SOP class and stored transfer syntax, so that the peer can accept each
-    original as it is; with a transcoder, one more per SOP class offering the uncompressed
-    syntaxes as a fall-back. Above 128 contexts, one context per SOP class with all of them.
-    """
-    pairs = list(dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances))
-    classes = list(dict.fromkeys(sop for sop, _ in pairs))
-    contexts = [build_context(sop, [ts]) for sop, ts in pairs]
-    if can_transcode:
-        for sop in classes:
-            if not any(s == sop and ts in _UNCOMPRESSED for s, ts in pairs):
-                contexts.append(build_context(sop, list(_UNCOMPRESSED)))
-    if len(contexts) > MAX_CONTEXTS:
-        contexts = []
-        for sop in classes[:MAX_CONTEXTS]:
-            syntaxes = [ts for s, ts in pairs if s == sop]
-            syntaxes += [ts for ts in _UNCOMPRESSED if ts not in syntaxes]
-            contexts.append(build_context(sop, syntaxes))
-    return contexts
-
-
-class StoredInstanceSender:
-    """Sends stored instances as C-STORE-RQs on one association (PS3.7 9.3.1)."""
-
-    def __init__(
-        self, assoc: Any, archive: Archive, *, originator: tuple[str, int] | None = None
-    ) -> None:
-        self.assoc = assoc
-        self.archive = archive
-        self.originator = originator
-        self._broken = False
-
-    def send(self, instance: StoredInstance, msg_id: int) -> int | None:
-        """Send one instance; the peer's status, or None when no response came.
-
-        Raises
-        ------
-        _SubOperationFailed
-            When no accepted presentation context can carry the instance.
-        """
-        exact, other = self._contexts(instance)
-        req = C_STORE()
-        req.MessageID = msg_id
-        req.AffectedSOPClassUID = instance.sop_class_uid
-        req.AffectedSOPInstanceUID = instance.sop_instance_uid
-        req.Priority = 0x0000  # medium
-        if self.originator is not None:
-            req.MoveOriginatorApplicationEntityTitle = self.originator[0]
-            req.MoveOriginatorMessageID = self.originator[1]
-        with self._local_blob(instance) as path:
-            if exact is not None:
-                req._dataset_path = (path, instance.dataset_offset)  # streamed from the file
-                return self._exchange(req, int(exact.context_id))
-            with self._transcoded(instance, path, other) as (converted, context):
-                req._dataset_path = (converted, 0)
-                return self._exchange(req, int(context.context_id))
-
-    def _contexts(self, instance: StoredInstance) -> tuple[Any, list[Any]]:
-        usable = [
-            cx
-            for cx in self.assoc.accepted_contexts
-            if cx.abstract_syntax == instance.sop_class_uid and cx.as_scu
-        ]
-        for cx in usable:
-            if cx.transfer_syntax[0] == instance.transfer_syntax_uid:
-                return cx, usable
-        return None, usable
-
-    @contextlib.contextmanager
-    def _transcoded(
-        self, instance: StoredInstance, path: Path, usable: list[Any]
-    ) -> Iterator[tuple[Path, Any]]:
-        """The instance re-encoded for one of ``usable`` contexts, in a temporary file."""
-        if not usable:
-            raise _SubOperationFailed(
-                f"{instance.sop_instance_uid}: the peer accepted no presentation context for "
-                f"SOP class {instance.sop_class_uid}"
-            )
-        source = instance.transfer_syntax_uid
-        offered = [str(cx.transfer_syntax[0]) for cx in usable]
-        transcode = _transcoder()
-        possible = [
-            cx
-            for cx in usable
-            if transcode is not None
-            and _can_transcode(transcode, source, str(cx.transfer_syntax[0]))
-        ]
-        if not possible:
-            raise _SubOperationFailed(
-                f"{instance.sop_instance_uid} is stored as {source}; the peer accepts only "
-                f"{', '.join(offered)} for this SOP class and "
-                + ("it cannot be transcoded" if transcode else "transcoding is not available")
-            )
-        target = min(possible, key=lambda cx: _preference(str(cx.transfer_syntax[0])))
-        target_ts = str(target.transfer_syntax[0])
-        tmp_dir = self.archive.settings.tmp_dir
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".dcm") as out:
-            try:
-                with path.open("rb") as blob:
-                    _transcode_into(
-                        transcode, blob, instance.dataset_offset, source, target_ts, out
-                    )
-                out.flush()
-            except Exception as exc:
-                raise _SubOperationFailed(
-                    f"{instance.sop_instance_uid}: transcoding {source} to {target_ts} "
-                    f"failed: {exc}"
-                ) from exc
-            logger.info("sending %s transcoded to %s", instance.sop_instance_uid, target_ts)
-            yield Path(out.name), target
-
-    @property
-    def usable(self) -> bool:
-        """False once the association ended or a response never came."""
-        return bool(self.assoc.is_established) and not self._broken
-
-    def _exchange(self, req: Any, context_id: int) -> int | None:
-        """Send the request and wait for its response, with the reactor paused.
-
-        The wait ends early when the peer aborts (A-ABORT or a closed connection), rather than
-        after the whole DIMSE timeout: pynetdicom's paused reactor would not notice.
-        """
-        assoc = self.assoc
-        assoc._reactor_checkpoint.clear()
-        rsp = None
-        try:
-            while not assoc._is_paused and assoc.is_established:
-                time.sleep(0.0001)
-            assoc.dimse.send_msg(req, context_id)
-            deadline = time.monotonic() + float(assoc.dimse_timeout or 120)
-            while rsp is None and time.monotonic() < deadline:
-                try:
-                    _, rsp = assoc.dimse.msg_queue.get(timeout=0.1)
-                except queue.Empty:
-                    if assoc.acse.is_aborted() or not assoc.dul.is_alive():
-                        break
-        finally:
-            assoc._reactor_checkpoint.set()
-        if rsp is None:
-            self._broken = True
-            assoc._handle_no_response()
-            return None
-        if not rsp.is_valid_response:
-            return None
-        return int(rsp.Status)
-
-    @contextlib.contextmanager
-    def _local_blob(self, instance: StoredInstance) -> Iterator[Path]:
-        """A local file holding the blob: the blob itself, or a temporary copy (S3)."""
-        blobs = self.archive.blobs
-        if isinstance(blobs, FileBlobStore):
-            yield blobs.root / instance.blob_key
-            return
-        tmp_dir = self.archive.settings.tmp_dir
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".dcm") as tmp:
-            with blobs.open(instance.blob_key) as source:
-                shutil.copyfileobj(source, tmp, 1024 * 1024)
-            tmp.flush()
-            yield Path(tmp.name)
-
-
-def _can_transcode(module: Any, source_ts: str, target_ts: str) -> bool:
-    check = getattr(module, "can_transcode", None)
-    return bool(check(source_ts, target_ts)) if check is not None else True
-
-
-def _transcode_into(
-    module: Any, blob: Any, offset: int, source_ts: str, target_ts: str, out: Any
-) -> None:
-    """The streaming ``transcode_into`` when the module has it, else ``transcode_to``."""
-    streaming = getattr(module, "transcode_into", None)
-    if streaming is not None:
-        streaming(blob, offset, source_ts, target_ts, out)
-    else:
-        out.write(module.transcode_to(blob.read(), offset, source_ts, target_ts))
-
-
-def _preference(transfer_syntax: str) -> int:
-    order = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    return order.index(UID(transfer_syntax)) if transfer_syntax in order else len(order)

@@ -12,9 +12,14 @@ A-ASSOCIATE-RJ "calling AE title not recognised" (result 1, source 1, reason 3);
 Query/Retrieve contexts a peer may not use are not accepted (PS3.8 9.3.3.2: result 3,
 "abstract syntax not supported"), and every handler asks the association's principal again.
 
+Storage Commitment (N-ACTION, ``commitment``) is accepted from known peers allowed to store.
+Beside the server run the background workers (``workers``): the forwarding queue of the routing
+rules and the retries of commitment reports.
+
 Sockets get ``TCP_NODELAY`` when they open (an ``EVT_CONN_OPEN`` handler; pynetdicom has no
 option): with Nagle's algorithm on, each small PDU such as a C-STORE-RSP waits for the
-delayed ACK of the peer, which costs up to 40 ms per instance.
+delayed ACK of the peer, which costs up to 40 ms per instance. The same handler gives each
+accepted association event-driven loops instead of pynetdicom's 1 ms polling (``reactor``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import logging
 import socket
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -38,10 +42,13 @@ from pynetdicom import AE, _config, evt
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from cloudfilm.dimse import retrieve
-from cloudfilm.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, handle_find
+from cloudfilm.dimse import commitment, find, retrieve
+from cloudfilm.dimse.commitment import STORAGE_COMMITMENT
+from cloudfilm.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from cloudfilm.dimse.peers import Peer, PeerDirectory, Permission
 from cloudfilm.dimse.principal import REJECT_CALLING_AE, DimsePrincipal, admit
+from cloudfilm.dimse.reactor import make_event_driven, tune_server
+from cloudfilm.dimse.scu import set_nodelay
 from cloudfilm.dimse.selection import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -49,6 +56,7 @@ from cloudfilm.dimse.selection import (
     STUDY_ROOT_MOVE,
 )
 from cloudfilm.dimse.store import handle_echo, handle_store
+from cloudfilm.dimse.workers import DimseWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +94,25 @@ def configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
-def set_nodelay(event: Any) -> None:
-    """``EVT_CONN_OPEN`` handler: disable Nagle's algorithm on the association's socket."""
-    try:
-        sock = event.assoc.dul.socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError) as exc:  # a closed socket: nothing to tune
-        logger.debug("cannot set TCP_NODELAY: %s", exc)
+def on_connection(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler of accepted connections: TCP_NODELAY and event-driven loops
+    (``cloudfilm.dimse.reactor``), before the association's threads start."""
+    set_nodelay(event)
+    make_event_driven(event.assoc)
+
+
+def _may_use(principal: DimsePrincipal, context: Any) -> bool:
+    """Whether to accept a proposed context from ``principal`` (others: PS3.8 9.3.3.2 result 3).
+
+    Query/Retrieve contexts need their permission; Storage Commitment needs a known peer
+    allowed to store (its report may need a new association to the peer's host and port).
+    """
+    syntax = str(context.abstract_syntax)
+    if syntax in QUERY_RETRIEVE:
+        return principal.can(QUERY_RETRIEVE[syntax])
+    if syntax == STORAGE_COMMITMENT:
+        return principal.peer is not None and principal.can(Permission.STORE)
+    return True
 
 
 class DimseServer:
@@ -106,6 +125,7 @@ class DimseServer:
         host: str | None = None,
         port: int | None = None,
         ae_title: str | None = None,
+        workers: bool = True,
     ) -> None:
         settings = archive.settings
         self.archive = archive
@@ -121,6 +141,10 @@ class DimseServer:
         self._stopped = threading.Event()
         configure_pynetdicom()
         self.ae = self._application_entity()
+        #: The forwarding queue and commitment report retries, on this AE; the reports that
+        #: follow an N-ACTION at once are sent by ``workers.reporter`` whether it runs or not.
+        self.workers = DimseWorkers(archive, ae=self.ae, ae_title=self.ae_title)
+        self._run_workers = workers
 
     def _application_entity(self) -> AE:
         settings = self.archive.settings
@@ -135,6 +159,7 @@ class DimseServer:
         ae.add_supported_context(VERIFICATION, COMMAND_SYNTAXES)
         for sop_class in QUERY_RETRIEVE:
             ae.add_supported_context(sop_class, COMMAND_SYNTAXES)
+        ae.add_supported_context(STORAGE_COMMITMENT, COMMAND_SYNTAXES)
         ae.add_requested_context(VERIFICATION)
         return ae
 
@@ -145,19 +170,23 @@ class DimseServer:
         if self.archive.settings.log_level.upper() != "DEBUG":
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         retrieve.install(self.ae, self)
+        find.install(self.ae, self.archive, self.ae_title, self.principal_of)
+        commitment.install(self.ae, self.archive, self.principal_of, self.workers.reporter)
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_FIND, self._on_find),
         ]
         self._server = self.ae.start_server(
             (self.host, self.port), block=False, evt_handlers=handlers
         )
         self.port = int(self._server.server_address[1])
+        tune_server(self._server)
+        if self._run_workers:
+            self.workers.start()
         logger.info("DIMSE server %s listening on %s:%d", self.ae_title, self.host, self.port)
 
     def stop(self) -> None:
@@ -165,8 +194,11 @@ class DimseServer:
         if self._server is not None:
             self._shutdown_listener(self._server)
             self._server = None
+        self.workers.stop()
         self.ae.shutdown()
         retrieve.uninstall(self.ae)
+        find.uninstall(self.ae)
+        commitment.uninstall(self.ae)
         self._stopped.set()
 
     def _shutdown_listener(self, server: Any) -> None:
@@ -227,10 +259,7 @@ class DimseServer:
         with self._lock:
             self._principals[assoc] = principal
         assoc.acceptor.supported_contexts = [
-            cx
-            for cx in assoc.acceptor.supported_contexts
-            if str(cx.abstract_syntax) not in QUERY_RETRIEVE
-            or principal.can(QUERY_RETRIEVE[str(cx.abstract_syntax)])
+            cx for cx in assoc.acceptor.supported_contexts if _may_use(principal, cx)
         ]
         logger.debug("association from %s admitted", principal)
 
@@ -245,10 +274,6 @@ class DimseServer:
     def find_peer(self, ae_title: str) -> Peer | None:
         return self.directory.get(ae_title)
 
-    def connection_handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
-        """Handlers for associations we open (C-MOVE sub-operations)."""
-        return [(evt.EVT_CONN_OPEN, set_nodelay)]
-
     # ------------------------------------------------------------------ services
 
     def _on_echo(self, event: Any) -> int:
@@ -256,6 +281,3 @@ class DimseServer:
 
     def _on_store(self, event: Any) -> Dataset:
         return handle_store(event, self.archive, self.principal_of(event.assoc))
-
-    def _on_find(self, event: Any) -> Any:
-        return handle_find(event, self.archive, self.principal_of(event.assoc), self.ae_title)

@@ -5,7 +5,8 @@ pynetdicom writes each received data set, as it arrives, to a temporary file
 up, then the data set bytes exactly as they came off the wire. We hand those bytes, streamed
 from the file, to ``Archive.store`` with the presentation context's transfer syntax, so memory
 stays bounded whatever the size and the stored data set is byte for byte the received one
-(the archive generates its own meta header, PS3.10 7.1).
+(the archive generates its own meta header, PS3.10 7.1). An instance stored now is matched
+against the routing rules (``routing.route_stored``) before the response is sent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cloudfilm.archive import Archive, StoreResult
 from cloudfilm.dimse import status
 from cloudfilm.dimse.peers import Permission
 from cloudfilm.dimse.principal import DimsePrincipal
+from cloudfilm.dimse.routing import route_stored
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def handle_store(event: Any, archive: Archive, principal: DimsePrincipal | None)
                 source=f"dimse:{calling_ae}"[:100],
                 source_ae=calling_ae,
             )
+        # Queued before the response: an acknowledged instance is also queued for forwarding.
+        route_stored(archive, result, origin="dimse", calling_ae=calling_ae)
         return _answer(result, str(request.AffectedSOPClassUID or ""), principal)
     except Exception:
         logger.exception("C-STORE handler failed")

@@ -19,12 +19,12 @@ groups); counts and US/IS values as ``int``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, true
+from sqlalchemy import Connection, Select, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -116,6 +116,12 @@ for _level in (Level.STUDY, Level.SERIES, Level.INSTANCE):
     SUPPORTED_KEYS[_level] -= {k for k in SUPPORTED_KEYS[_level] if k.startswith("NumberOfPatient")}
 SUPPORTED_KEYS[Level.INSTANCE] -= {"NumberOfStudyRelatedSeries"}
 
+#: The labelled columns each level selects (built once: labels are immutable).
+_LABELLED: dict[Level, list[Any]] = {
+    level: [ATTRIBUTES[k].column.label(k) for k in sorted(SUPPORTED_KEYS[level])]
+    for level in _ORDER
+}
+
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _UID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
@@ -133,20 +139,27 @@ def build_query(
     fuzzy: bool = False,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    columns: Collection[str] | None = None,
 ) -> Select[Any]:
-    """The SELECT of the rows of ``level`` matching ``keys`` (unsupported keys ignored)."""
-    columns = [ATTRIBUTES[k].column.label(k) for k in sorted(SUPPORTED_KEYS[level])]
+    """The SELECT of the rows of ``level`` matching ``keys`` (unsupported keys ignored).
+
+    ``columns``: only these keywords are selected (and, at the IMAGE level, not the cached
+    header and blob columns); by default every supported keyword and those.
+    """
+    selected = [c for c in _LABELLED[level] if columns is None or c.key in columns]
+    selected = selected or _LABELLED[level][:1]  # a SELECT needs a column
     stmt: Select[Any]
     if level is Level.PATIENT:
-        stmt = select(*columns).select_from(Patient)
+        stmt = select(*selected).select_from(Patient)
         if any(ATTRIBUTES[k].level is not Level.PATIENT for k in keys if k in ATTRIBUTES):
             raise InvalidQuery("a PATIENT level query matches only patient attributes")
     else:
-        stmt = select(*columns).select_from(Study).join(Patient, Patient.pk == Study.patient_pk)
+        stmt = select(*selected).select_from(Study).join(Patient, Patient.pk == Study.patient_pk)
         if level in (Level.SERIES, Level.INSTANCE):
             stmt = stmt.join(Series, Series.study_pk == Study.pk)
         if level is Level.INSTANCE:
             stmt = stmt.join(Instance, Instance.series_pk == Series.pk)
+        if level is Level.INSTANCE and columns is None:
             stmt = stmt.add_columns(
                 Instance.header_json.label("_header_json"),
                 Instance.blob_key.label("_blob_key"),
@@ -165,7 +178,7 @@ def build_query(
 
 
 def query_rows(
-    session: Session,
+    session: Session | Connection,
     level: Level,
     keys: Mapping[str, str],
     *,
@@ -174,9 +187,16 @@ def query_rows(
     fuzzy: bool = False,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    columns: Collection[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Matching rows as dicts of DICOM keyword → value, streamed from the database."""
-    stmt = build_query(level, keys, fuzzy=fuzzy, study_uid=study_uid, series_uid=series_uid)
+    """Matching rows as dicts of DICOM keyword → value, streamed from the database.
+
+    ``columns`` limits what is read to the keywords named (the rest are absent from the
+    rows); a Core ``Connection`` saves the ORM session's work on a read.
+    """
+    stmt = build_query(
+        level, keys, fuzzy=fuzzy, study_uid=study_uid, series_uid=series_uid, columns=columns
+    )
     if offset:
         stmt = stmt.offset(offset)
     if limit is not None:
