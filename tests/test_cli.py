@@ -7,6 +7,7 @@ Read-only commands that do not depend on each other run in parallel to keep the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -360,3 +361,43 @@ def test_db_upgrade_on_a_fresh_folder_is_idempotent(
     assert f"{head} -> {head}" in second.stdout
     if not settings.database_url:
         assert (settings.data_dir / "index.sqlite3").is_file()
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+def test_demo_prints_a_cloud_film_per_patient_and_the_staff_page(
+    cli_env: dict[str, str], settings: Settings
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from cloudfilm.api.app import create_app
+    from cloudfilm.demo import DEMO_STUDIES
+    from cloudfilm.sharing.links import ShareFilter, ShareLinks
+
+    demo = ("demo", "--no-serve", "--data-dir", settings.data_dir, "--port", "8765")
+    first = run(cli_env, *demo)
+    assert first.returncode == 0, first.stderr
+    line = r"^  (.+): http://127\.0\.0\.1:8765/s/([A-Za-z0-9_-]{22})  access code (\d{6})$"
+    films = re.findall(line, first.stdout, re.MULTILINE)
+    assert len(films) == len(DEMO_STUDIES)  # one synthetic patient per demo study
+    assert "http://127.0.0.1:8765/staff/" in first.stdout
+    second = run(cli_env, *demo)  # the same links again, not new ones
+    assert second.returncode == 0, second.stderr
+    assert re.findall(line, second.stdout, re.MULTILINE) == films
+    with Archive.open(settings) as archive:
+        assert len(ShareLinks(archive).list(ShareFilter())) == len(films)
+        client = TestClient(create_app(settings, archive))
+        for name, token, code in films:
+            asks = client.get(f"/s/{token}?lang=en")
+            assert asks.status_code == 200 and 'name="answer"' in asks.text
+            unlocked = client.post(
+                f"/s/{token}/unlock", data={"answer": code}, follow_redirects=False
+            )
+            assert unlocked.status_code == 303, unlocked.text
+            page = client.get(f"/s/{token}")
+            assert page.status_code == 200 and name.split(" (")[0] in page.text
+            assert 'name="answer"' not in page.text
+        staff = client.get("/staff/")
+        assert staff.status_code == 200
+        assert len(re.findall(r'<tr data-study-uid="', staff.text)) == len(DEMO_STUDIES)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
-from cloudfilm.index.queries import StudyQuery, find_studies
+from cloudfilm.index.queries import StudyQuery, StudySummary, find_studies
+from cloudfilm.sharing.links import ShareFilter, ShareLinks, ShareRequest, ShareState
+from cloudfilm.viewer.report import person_name
 
 logger = logging.getLogger(__name__)
 
+#: ``created_by`` of the demo's cloud films.
+DEMO_CREATOR = "demo"
 #: (modality, slices or frames, charset, seed): one study per line, names in each charset.
 DEMO_STUDIES = (
     ("CT", 120, "gb18030", 1),
@@ -42,6 +47,7 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
             console.print(f"imported {report.counts['stored']} instances")
         with archive.sessions() as session:
             studies = find_studies(session, StudyQuery(limit=50))
+        films = demo_films(archive, studies)
     base = f"http://{settings.http_host}:{settings.http_port}"
     lines = ["", "[bold]cloudfilm demo[/bold]", f"data folder: {Path(settings.data_dir).resolve()}"]
     for s in studies:
@@ -49,9 +55,71 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
             f"  {s.patient_name or '(no name)'}  {'/'.join(s.modalities)}  "
             f"{s.description or ''}  {s.instances} images  study {s.study_uid}"
         )
+    lines.append("cloud films (the patient page of each demo patient; enter the access code):")
+    for film in films:
+        lines.append(f"  {film.patient}: {film.link}  access code {film.code}")
     lines += [
+        f"staff page (find studies, issue and revoke cloud films): {base}/staff/",
         f"open {base}/health and {base}/metrics",
         "list studies: cloudfilm studies --data-dir " + str(settings.data_dir),
         "",
     ]
     return lines
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's settings: links point at the demo server's own address, unless
+    ``public_base_url`` was set explicitly."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings
+    address = f"http://{settings.http_host}:{settings.http_port}"
+    return settings.model_copy(update={"public_base_url": address})
+
+
+@dataclass(frozen=True)
+class DemoFilm:
+    """The cloud film of one demo patient."""
+
+    patient: str
+    share_id: str
+    link: str
+    code: str
+
+
+def demo_films(archive: Archive, studies: list[StudySummary]) -> list[DemoFilm]:
+    """One cloud film per demo patient (every study of the patient; access code; view,
+    download and reshare). Issued on the first run; later runs show the same links again
+    (revealed with the server key), or issue new ones when those were revoked or expired."""
+    links = ShareLinks(archive)
+    by_patient: dict[str, list[StudySummary]] = {}
+    for summary in studies:
+        by_patient.setdefault(summary.patient_id, []).append(summary)
+    films = []
+    for patient_id, own in by_patient.items():
+        film = _existing_film(links, patient_id) or _new_film(links, own)
+        films.append(DemoFilm(person_name(own[0].patient_name), *film))
+    return films
+
+
+def _existing_film(links: ShareLinks, patient_id: str) -> tuple[str, str, str] | None:
+    active = ShareFilter(patient_id=patient_id, state=ShareState.ACTIVE, roots_only=True)
+    for info in links.list(active):
+        if info.created_by == DEMO_CREATOR:
+            link, code = links.reveal(info.id)
+            if link and code:
+                return info.id, link, code
+    return None
+
+
+def _new_film(links: ShareLinks, studies: list[StudySummary]) -> tuple[str, str, str]:
+    issued = links.issue(
+        ShareRequest(
+            study_uids=[s.study_uid for s in studies],
+            secret="code",
+            permissions=("view", "download", "reshare"),
+            label="demo",
+            created_by=DEMO_CREATOR,
+        )
+    )
+    assert issued.code is not None  # a share protected by a code has one
+    return issued.info.id, issued.link, issued.code
