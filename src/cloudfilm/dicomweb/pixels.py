@@ -14,6 +14,10 @@ asked. What each part holds follows ``Accept``:
   ``image/x-dicom-rle``, ``image/jphc``): the stored bitstream when the instance is stored in a
   syntax of that type, else the range is not acceptable (we do not recompress frames).
 
+Uncompressed frames are sent with gzip content coding to clients that accept it (lossless;
+a browser undoes it transparently), which is what makes full-fidelity pixels affordable for
+the mobile viewer on a phone link. Compressed bitstreams are sent as they are.
+
 ``/bulkdata/{path}`` serves the values the metadata references: ``7FE00010`` (Pixel Data: the
 native value little endian, or one part per compressed frame) and binary values at
 ``tag[/item/tag...]`` paths.
@@ -39,6 +43,7 @@ from cloudfilm.core.errors import InvalidDicom, InvalidQuery, NotAcceptable, Not
 from cloudfilm.dicom.frames import FrameReader
 from cloudfilm.dicomweb.access import visible_instances
 from cloudfilm.dicomweb.caching import INSTANCE_CACHE, answer_304, etag_of, not_modified
+from cloudfilm.dicomweb.encoding import FAST, accepts_gzip, gzip_bytes, gzipped
 from cloudfilm.dicomweb.lookup import StoredInstance
 from cloudfilm.dicomweb.media import MediaType, parse_accept
 from cloudfilm.dicomweb.multipart import closing, new_boundary, part_header, related_content_type
@@ -160,9 +165,13 @@ def open_reader(archive: Archive, inst: StoredInstance) -> Iterator[FrameReader]
 def frames(request: Request, archive: Archive, inst: StoredInstance, frame_list: str) -> Response:
     """``/frames/{list}`` of one instance."""
     indices = parse_frame_list(frame_list)
-    etag = etag_of(["frames", inst.sha256, frame_list, request.headers.get("accept", "")])
+    gzip_ok = accepts_gzip(request.headers.get("accept-encoding", ""))
+    accept = request.headers.get("accept", "")
+    etag = etag_of(["frames", inst.sha256, frame_list, accept, *(["gzip"] if gzip_ok else [])])
     if not_modified(request, etag):
-        return answer_304(etag, INSTANCE_CACHE)
+        unchanged = answer_304(etag, INSTANCE_CACHE)
+        unchanged.headers["Vary"] = "Accept-Encoding"
+        return unchanged
     stack = contextlib.ExitStack()
     reader = stack.enter_context(open_reader(archive, inst))
     try:
@@ -180,10 +189,14 @@ def frames(request: Request, archive: Archive, inst: StoredInstance, frame_list:
     except BaseException:
         stack.close()
         raise
-    headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE}
+    headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE, "Vary": "Accept-Encoding"}
+    compress = gzip_ok and (plan.decode or not reader.encapsulated)  # native pixels only
+    if compress:
+        headers["Content-Encoding"] = "gzip"
     if plan.single:
         stack.close()
-        return Response(first, media_type=plan.part_type, headers=headers)
+        body = gzip_bytes(first, FAST) if compress else first
+        return Response(body, media_type=plan.part_type, headers=headers)
     boundary = new_boundary()
 
     def parts() -> Iterator[bytes]:
@@ -195,7 +208,8 @@ def frames(request: Request, archive: Archive, inst: StoredInstance, frame_list:
             yield closing(boundary)
 
     media = related_content_type(boundary, plan.multipart_type)
-    return StreamingResponse(parts(), media_type=media, headers=headers)
+    stream = gzipped(parts(), FAST) if compress else parts()
+    return StreamingResponse(stream, media_type=media, headers=headers)
 
 
 def _part(content_type: str, size: int) -> dict[str, str]:

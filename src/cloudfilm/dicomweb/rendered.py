@@ -17,6 +17,9 @@ What each resource returns:
 - thumbnail (all levels): one small image (fits 128×128 unless ``viewport`` says otherwise) of
   the representative instance's middle frame.
 
+An Encapsulated PDF instance (PS3.3 A.45.1) is rendered as ``application/pdf`` (PS3.18
+8.3.5.1: the rendered media type of a PDF document): its Encapsulated Document, shown inline.
+
 Images are derived data kept in the bounded render cache (``render_cache_bytes``), keyed by the
 instance's SHA-256 and the parameters, so a replaced instance is never shown from the cache.
 """
@@ -37,6 +40,7 @@ from cloudfilm.api.deps import ArchiveDep, PrincipalDep
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import InvalidDicom, InvalidQuery, NotAcceptable, NotFound
 from cloudfilm.dicom import render
+from cloudfilm.dicom.frames import read_header
 from cloudfilm.dicomweb.access import visible_instances
 from cloudfilm.dicomweb.caching import INSTANCE_CACHE, REVALIDATE, answer_304, etag_of, not_modified
 from cloudfilm.dicomweb.lookup import StoredInstance
@@ -48,6 +52,8 @@ from cloudfilm.render_cache import RenderCache
 logger = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif")
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+PDF = "application/pdf"
 THUMBNAIL_SIZE = 128
 MAX_VIEWPORT = 8192
 _FUNCTIONS = {"linear", "linear-exact", "sigmoid"}
@@ -247,6 +253,8 @@ def rendered(
     frame_list: str | None = None,
 ) -> Response:
     """``/rendered`` of a study, series, instance or frames."""
+    if level == "instance" and instances[0].sop_class_uid == ENCAPSULATED_PDF:
+        return pdf_document(request, archive, instances[0])
     params = parse_params(request)
     cache_control = INSTANCE_CACHE if level in ("instance", "frames") else REVALIDATE
     etag = _etag("rendered", instances, params, f"{level}:{frame_list}")
@@ -284,6 +292,33 @@ def rendered(
         request, etag, lambda: rendered_image(archive, inst, single, 0),
         params.media_type, cache_control,
     )  # fmt: skip
+
+
+def pdf_document(request: Request, archive: Archive, inst: StoredInstance) -> Response:
+    """The PDF of an Encapsulated PDF instance, trimmed to Encapsulated Document Length."""
+    accept = request.query_params.get("accept") or request.headers.get("accept")
+    if not any(m.matches(PDF) for m in parse_accept(accept, default=PDF)):
+        raise NotAcceptable(f"this instance is an encapsulated document, rendered as {PDF}")
+    etag = etag_of(["pdf", inst.sha256])
+    if not_modified(request, etag):
+        return answer_304(etag, INSTANCE_CACHE)
+    try:
+        with archive.blobs.open(inst.blob_key) as fp:
+            header = read_header(fp, inst.dataset_offset, inst.transfer_syntax_uid)
+    except InvalidDicom as exc:
+        raise NotAcceptable(f"the stored document cannot be read: {exc.message}") from exc
+    data = header.get("EncapsulatedDocument")
+    if not isinstance(data, bytes | bytearray) or not data:
+        raise NotFound("the instance holds no encapsulated document")
+    length = header.get("EncapsulatedDocumentLength")
+    if isinstance(length, int) and 0 < length <= len(data):
+        data = data[:length]  # drop the padding byte of an odd-length document (PS3.3 C.24.2)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": INSTANCE_CACHE,
+        "Content-Disposition": 'inline; filename="report.pdf"',
+    }
+    return Response(bytes(data), media_type=PDF, headers=headers)
 
 
 def _multipart(

@@ -14,7 +14,9 @@ Transfer syntaxes are negotiated from ``Accept`` (PS3.18 8.7.3.5):
 
 When no range in ``Accept`` can be served, the answer is 406 before anything is streamed.
 ``/metadata`` is the cached DICOM JSON of each instance with BulkDataURIs made absolute,
-streamed in batches: it never reads a blob.
+streamed in batches: it never reads a blob. It is gzip-compressed for clients that accept it
+(``Accept-Encoding``, RFC 9110 12.5.3): a 300-slice CT's 0.9 MB of JSON becomes about 20 kB,
+which matters to the mobile viewer on a phone link.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cloudfilm.dicomweb.caching import (
     not_modified,
     set_cache_headers,
 )
+from cloudfilm.dicomweb.encoding import accepts_gzip, gzipped
 from cloudfilm.dicomweb.lookup import StoredInstance, headers_of
 from cloudfilm.dicomweb.media import MediaType, parse_accept
 from cloudfilm.dicomweb.multipart import closing, new_boundary, part_header, related_content_type
@@ -243,11 +246,20 @@ def metadata(
     if not any(m.matches(DICOM_JSON) or m.type == "application/json" for m in accepted):
         raise NotAcceptable("metadata is available as application/dicom+json")
     cache = INSTANCE_CACHE if instance_level else REVALIDATE
-    etag = etag_of(["metadata", *(i.sha256 for i in instances)])
+    compress = accepts_gzip(request.headers.get("accept-encoding", ""))
+    # Each content coding is its own representation, with its own strong ETag.
+    etag = etag_of(["metadata", *(i.sha256 for i in instances), *(["gzip"] if compress else [])])
     if not_modified(request, etag):
-        return answer_304(etag, cache)
+        response_304 = answer_304(etag, cache)
+        response_304.headers["Vary"] = "Accept-Encoding"
+        return response_304
     base = service_url(request, settings)
-    response = StreamingResponse(_metadata_chunks(archive, instances, base), media_type=DICOM_JSON)
+    chunks = _metadata_chunks(archive, instances, base)
+    headers = {"Vary": "Accept-Encoding"}
+    if compress:
+        chunks = gzipped(chunks)
+        headers["Content-Encoding"] = "gzip"
+    response = StreamingResponse(chunks, media_type=DICOM_JSON, headers=headers)
     set_cache_headers(response, etag, cache)
     return response
 
