@@ -53,8 +53,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MEDIA_TYPES",
+    "WINDOW_PRESETS",
     "Window",
+    "default_window",
     "display_pixels",
+    "functional_group",
     "render_frame",
     "render_instance",
     "render_multiframe_gif",
@@ -99,6 +102,26 @@ class Window:
         if not np.isfinite(center) or not np.isfinite(width) or width <= 0:
             raise InvalidQuery(f"window width must be a positive number, got {value[1]!r}")
         return cls(center, width, function)
+
+    @classmethod
+    def preset(cls, name: str) -> Window:
+        """A named preset of :data:`WINDOW_PRESETS` (any case); :class:`InvalidQuery` if none."""
+        found = WINDOW_PRESETS.get(name.strip().lower())
+        if found is None:
+            raise InvalidQuery(
+                f"window preset {name!r} is unknown; use one of {', '.join(WINDOW_PRESETS)}"
+            )
+        return found
+
+
+#: CT window presets (centre, width in HU), the same as the viewer's preset menu.
+WINDOW_PRESETS: dict[str, Window] = {
+    "lung": Window(-600, 1500),
+    "mediastinum": Window(50, 350),
+    "bone": Window(400, 1800),
+    "brain": Window(40, 80),
+    "abdomen": Window(60, 400),
+}
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -347,7 +370,7 @@ def _values_to_display(
 
 def _modality(ds: Dataset, stored: npt.NDArray[Any], index: int) -> F64:
     """Modality LUT (PS3.3 C.11.1): Rescale Slope/Intercept or the Modality LUT Sequence."""
-    group = _functional(ds, index, "PixelValueTransformationSequence")
+    group = functional_group(ds, index, "PixelValueTransformationSequence")
     source = group if group is not None else ds
     if "ModalityLUTSequence" in ds and "RescaleSlope" not in source:
         try:
@@ -366,7 +389,7 @@ def _modality(ds: Dataset, stored: npt.NDArray[Any], index: int) -> F64:
 
 def _instance_window(ds: Dataset, index: int) -> Window | None:
     """Window Center/Width of the frame (functional groups) or the instance, first pair."""
-    group = _functional(ds, index, "FrameVOILUTSequence")
+    group = functional_group(ds, index, "FrameVOILUTSequence")
     for source in (group, ds):
         if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
             continue
@@ -377,6 +400,12 @@ def _instance_window(ds: Dataset, index: int) -> Window | None:
         function = str(source.get("VOILUTFunction", "") or ds.get("VOILUTFunction", "") or "")
         return Window(center, width, _FUNCTIONS.get(function.strip().upper(), "LINEAR"))
     return None
+
+
+def default_window(ds: Dataset, pixels: npt.NDArray[Any], frame_index: int = 0) -> Window | None:
+    """The window :func:`display_pixels` applies to a grayscale frame given no ``window``: the
+    frame's or instance's own, else its value range (LINEAR_EXACT); None for a VOI LUT."""
+    return _default_window(ds, pixels, frame_index)
 
 
 def _default_window(ds: Dataset, pixels: npt.NDArray[Any], index: int) -> Window | None:
@@ -668,7 +697,7 @@ def _font(size: int, cjk: bool) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _functional(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+def functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
     """The item of a functional group macro for frame ``index`` (PS3.3 C.7.6.16)."""
     for container, position in (("PerFrameFunctionalGroupsSequence", index),
                                 ("SharedFunctionalGroupsSequence", 0)):  # fmt: skip

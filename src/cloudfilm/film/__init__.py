@@ -1,0 +1,1 @@
+"""Film sheets: composed in cloudfilm from a study, stored as Secondary Capture in the study."""
