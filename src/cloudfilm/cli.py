@@ -22,6 +22,9 @@ from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings, load_settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dimse.cli import dimse_beside, dimse_command, peers_app
+from cloudfilm.dimse.queue_cli import queue_app, send_command
+from cloudfilm.film.cli import film_command
+from cloudfilm.sharing.cli import share_command, shares_app
 
 app = typer.Typer(
     help="cloudfilm: a DICOM archive that replaces printed film with shareable cloud film.",
@@ -32,6 +35,11 @@ db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(peers_app, name="peers")
 app.command("dimse")(dimse_command)
+app.command("send")(send_command)
+app.add_typer(queue_app, name="queue")
+app.add_typer(shares_app, name="shares")
+app.command("share")(share_command)
+app.command("film")(film_command)
 
 console = Console()
 err = Console(stderr=True)
@@ -328,13 +336,14 @@ def _run_server(
     import uvicorn
 
     from cloudfilm.api.app import create_app
+    from cloudfilm.sharing.auto import auto_share_beside
 
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     application = create_app(settings)
     for line in banner or []:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(f"cloudfilm listening on http://{settings.http_host}:{settings.http_port}")
-    with dimse_beside(settings, enabled=dicom):
+    with dimse_beside(settings, enabled=dicom), auto_share_beside(settings):
         uvicorn.run(application, host=settings.http_host, port=settings.http_port, log_level="info")
 
 
@@ -384,13 +393,13 @@ def demo(
     ] = False,
 ) -> None:
     """Make a demo archive with synthetic studies, start the server and print what to open."""
-    from cloudfilm.demo import prepare_demo
+    from cloudfilm.demo import demo_settings, prepare_demo
 
-    settings = _settings(data_dir, http_host=host, http_port=port)
+    settings = demo_settings(_settings(data_dir, http_host=host, http_port=port))
     banner = prepare_demo(settings, console)
     if no_serve:
         for line in banner:
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
         return
     _run_server(settings, banner)
 

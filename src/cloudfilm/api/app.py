@@ -18,7 +18,11 @@ from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
+from cloudfilm.film.routes import router as films_router
 from cloudfilm.index.queries import archive_totals
+from cloudfilm.sharing import downloads, reports
+from cloudfilm.sharing.routes import add_share_routes
+from cloudfilm.viewer.routes import build_router as build_viewer_router
 from cloudfilm.web.templates import STATIC_PATH
 
 logger = logging.getLogger(__name__)
@@ -79,5 +83,11 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         )
 
     app.include_router(build_dicomweb_router(settings))
+    add_share_routes(app, settings)
+    app.include_router(downloads.router)
+    app.include_router(downloads.share_router, prefix="/s/{token}")
+    app.include_router(reports.router)
+    app.include_router(films_router)
+    app.include_router(build_viewer_router())
     app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
     return app

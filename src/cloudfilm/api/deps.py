@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 
 from cloudfilm.archive import Archive
@@ -48,20 +49,39 @@ class Principal:
         return self.kind == "development"
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def`` so that FastAPI calls them on the event loop: a plain
+# ``def`` dependency costs a round trip through the thread pool on every request.
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_archive(request: Request) -> Archive:
+async def get_archive(request: Request) -> Archive:
     archive: Archive = request.app.state.archive
     return archive
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller. Until accounts and share links exist, a development principal that
-    ``CLOUDFILM_ENV=production`` refuses."""
-    settings = get_settings(request)
+async def get_principal(request: Request) -> Principal:
+    """The caller (see ``resolve_principal``); a share link is looked up in a worker thread,
+    since that reads the database."""
+    if request.path_params.get("token") is not None:
+        return await anyio.to_thread.run_sync(resolve_principal, request)
+    return resolve_principal(request)
+
+
+def resolve_principal(request: Request) -> Principal:
+    """The caller. A route with a ``token`` path parameter (everything under ``/s/{token}``)
+    is called by that share link (404 unknown, 410 expired or revoked, 401 code not yet
+    entered; see ``cloudfilm.sharing.principals``). Otherwise, until accounts exist, a
+    development principal that ``CLOUDFILM_ENV=production`` refuses."""
+    token = request.path_params.get("token")
+    if token is not None:
+        from cloudfilm.sharing.principals import share_principal  # sharing imports this module
+
+        return share_principal(request, str(token))
+    settings: Settings = request.app.state.settings
     if settings.env != "development":
         raise Forbidden("no authentication is configured; refusing access in production")
     return Principal(kind="development", id="dev")

@@ -26,6 +26,12 @@ DEV_SECRET_KEY = "development-only-insecure-secret-key"
 IMPLEMENTATION_CLASS_UID = "2.25.176955106453958328632946432118325963857"
 IMPLEMENTATION_VERSION_NAME = "CLOUDFILM_010"
 
+#: Film Size ID Defined Terms (PS3.3 C.13.5.1); their sizes are in ``cloudfilm.film.layout``.
+FilmSizeId = Literal[
+    "8INX10IN", "8_5INX11IN", "10INX12IN", "10INX14IN", "11INX14IN", "11INX17IN",
+    "14INX14IN", "14INX17IN", "24CMX24CM", "24CMX30CM", "A4", "A3",
+]  # fmt: skip
+
 
 def check_ae_title(value: str) -> str:
     """An AE title (PS3.5 6.2, VR AE): 1 to 16 characters, no backslash or control character.
@@ -36,6 +42,14 @@ def check_ae_title(value: str) -> str:
     if not 1 <= len(title) <= 16 or any(c == "\\" or not " " <= c <= "~" for c in title):
         raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII, no backslash)")
     return title
+
+
+def check_modalities(value: list[str]) -> list[str]:
+    """Modality codes (0008,0060) such as ``CT``: upper-cased, 1 to 16 ASCII characters."""
+    cleaned = [m.strip().upper() for m in value]
+    if any(not m or len(m) > 16 or not m.isascii() for m in cleaned):
+        raise ValueError(f"{value!r}: modalities are 1-16 character codes such as CT")
+    return cleaned
 
 
 class DimsePeerConfig(BaseModel):
@@ -54,6 +68,33 @@ class DimsePeerConfig(BaseModel):
     institution: str = ""
 
     _ae = field_validator("ae_title")(check_ae_title)
+
+
+class DimseRouteConfig(BaseModel):
+    """A routing rule: instances that arrive and match are forwarded to a known peer.
+
+    Every condition given must hold; see docs/dimse.md ("Routing and the queue").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: AE title of the known peer to forward to.
+    to: str
+    #: Only instances received over DIMSE from this calling AE title.
+    from_ae: str | None = None
+    #: Only instances that arrived this way; empty: any.
+    sources: list[Literal["dimse", "stow", "import"]] = []
+    #: Only instances whose series has one of these modalities (0008,0060); empty: any.
+    modalities: list[str] = []
+
+    _to = field_validator("to")(check_ae_title)
+
+    @field_validator("from_ae")
+    @classmethod
+    def _from_ae(cls, value: str | None) -> str | None:
+        return None if value is None else check_ae_title(value)
+
+    _modalities = field_validator("modalities")(check_modalities)
 
 
 class Settings(BaseSettings):
@@ -136,8 +177,95 @@ class Settings(BaseSettings):
     dimse_peers: list[DimsePeerConfig] = Field(
         [], description="known DICOM peers, besides those added with `cloudfilm peers add`"
     )
+    dimse_routes: list[DimseRouteConfig] = Field(
+        [], description="routing rules: what arrives and matches is forwarded to a known peer"
+    )
+    dimse_retry_base_seconds: float = Field(
+        30.0, gt=0, le=86400, description="first wait before retrying a forward or a report"
+    )
+    dimse_retry_max_seconds: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="longest wait between two retries, in seconds"
+    )
+    dimse_retry_max_attempts: int = Field(
+        20, ge=1, le=1000, description="attempts before a forward or a report is marked failed"
+    )
+    dimse_queue_poll_seconds: float = Field(
+        5.0, gt=0, le=3600, description="how often background workers look for due jobs"
+    )
+    dimse_queue_batch: int = Field(
+        100, ge=1, le=10000, description="most queued instances sent over one association"
+    )
+    dimse_queue_keep_days: int = Field(
+        7, ge=0, le=3650, description="days finished jobs stay listed; 0 keeps them for ever"
+    )
+    share_default_days: int = Field(
+        365, ge=1, le=3650, description="validity of a new cloud film link, in days"
+    )
+    share_reshare_default_days: int = Field(
+        7, ge=1, le=3650, description="validity of a patient's reshare when none is asked, in days"
+    )
+    share_lockout_failures: int = Field(
+        5, ge=1, le=100, description="wrong codes that lock a share, or a client, out for a while"
+    )
+    share_lockout_minutes: int = Field(
+        15, ge=1, le=7 * 24 * 60, description="how long a share or client stays locked, in minutes"
+    )
+    share_session_hours: int = Field(
+        12, ge=1, le=24 * 30, description="how long a browser stays unlocked after the code, hours"
+    )
+    auto_share_enabled: bool = Field(
+        False, description="issue a cloud film automatically when a study becomes stable"
+    )
+    auto_share_stable_seconds: int = Field(
+        300, ge=1, le=7 * 86400, description="a study is stable this long after its last instance"
+    )
+    auto_share_modalities: list[str] = Field(
+        [], description="automatic cloud films only for studies with one of these modalities"
+    )
+    auto_share_source_aes: list[str] = Field(
+        [], description="automatic cloud films only for studies sent over DIMSE by these AEs"
+    )
+    auto_share_protection: Literal["code", "birth-date", "id-suffix", "none"] = Field(
+        "code", description="what an automatic cloud film asks before it opens"
+    )
+    auto_share_permissions: list[Literal["view", "download", "reshare"]] = Field(
+        ["view", "download", "reshare"], description="permissions of an automatic cloud film"
+    )
+    auto_share_days: int | None = Field(
+        None, ge=1, le=3650, description="validity of an automatic cloud film, days; unset: default"
+    )
+    auto_share_max_age_hours: int = Field(
+        24, ge=1, le=24 * 3650, description="older studies are never shared automatically, hours"
+    )
+    auto_share_poll_seconds: float = Field(
+        30.0, gt=0, le=3600, description="how often the rule looks for studies that became stable"
+    )
+    card_font_path: Path | None = Field(
+        None, description="TrueType CJK font for cloud film cards; default: a Debian CJK font"
+    )
+    download_deflate_level: int = Field(
+        1, ge=0, le=9, description="zlib level for uncompressed DICOM in download ZIPs; 0 stores"
+    )
+    report_max_bytes: int = Field(
+        50 * 1024**2, ge=1024, description="largest report (PDF or JSON) staff may attach, bytes"
+    )
+    film_dpi: int = Field(
+        150, ge=72, le=300, description="resolution of composed film sheets, dots per inch"
+    )
+    film_default_size: FilmSizeId = Field(
+        "14INX17IN", description="film size of a sheet when none is asked (PS3.3 Film Size ID)"
+    )
+    film_default_orientation: Literal["PORTRAIT", "LANDSCAPE"] = Field(
+        "PORTRAIT", description="film orientation of a sheet when none is asked"
+    )
 
     _dimse_ae = field_validator("dimse_ae_title")(check_ae_title)
+    _auto_share_modalities = field_validator("auto_share_modalities")(check_modalities)
+
+    @field_validator("auto_share_source_aes")
+    @classmethod
+    def _auto_share_source_aes(cls, value: list[str]) -> list[str]:
+        return [check_ae_title(ae) for ae in value]
 
     @classmethod
     def settings_customise_sources(

@@ -73,6 +73,33 @@ class Forbidden(CloudFilmError):
     code = "forbidden"
 
 
+class Unauthorized(CloudFilmError):
+    """Something must be proven first: a share link whose access code or patient check has
+    not been passed in this browser."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Gone(CloudFilmError):
+    """The resource is no longer available: an expired or revoked share link."""
+
+    status = 410
+    code = "gone"
+
+
+class TooManyAttempts(CloudFilmError):
+    """Too many wrong access codes: locked for a while (HTTP 429)."""
+
+    status = 429
+    code = "too-many-attempts"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        #: Seconds until another attempt is accepted.
+        self.retry_after = retry_after
+
+
 class TooLarge(CloudFilmError):
     status = 413
     dimse_status = 0xA700  # out of resources
@@ -101,6 +128,15 @@ class MalformedRequest(CloudFilmError):
     status = 400
     dimse_status = 0xC000
     code = "malformed-request"
+
+
+class Unprocessable(CloudFilmError):
+    """A well-formed request that names something the data cannot give: a series not in the
+    study, more images than a film layout holds (HTTP 422)."""
+
+    status = 422
+    dimse_status = 0xC000
+    code = "unprocessable"
 
 
 class UnsupportedMediaType(CloudFilmError):

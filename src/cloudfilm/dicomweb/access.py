@@ -10,7 +10,7 @@ import re
 
 from cloudfilm.api.deps import Principal
 from cloudfilm.archive import Archive
-from cloudfilm.core.errors import MalformedRequest, NotFound
+from cloudfilm.core.errors import Forbidden, MalformedRequest, NotFound
 from cloudfilm.dicomweb.lookup import StoredInstance, find_instances
 
 _UID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
@@ -36,3 +36,11 @@ def visible_instances(
         raise NotFound(f"study {study} not found")
     with archive.engine.connect() as conn:
         return find_instances(conn, study, series, sop)
+
+
+def check_download(principal: Principal, study: str) -> None:
+    """403 when the principal sees the study but may not take its originals away (a share link
+    without ``download``): WADO-RS retrieve of instances and WADO-URI ``application/dicom``.
+    Viewing (metadata, frames, bulk data, rendered images) needs only ``view``."""
+    if not principal.can_download(study):
+        raise Forbidden("this link does not allow downloading the original DICOM files")

@@ -42,7 +42,7 @@ from cloudfilm.dicomweb.multipart import encode_parts, new_boundary, related_con
 from cloudfilm.dicomweb.native_xml import to_native_xml
 from cloudfilm.dicomweb.urls import instance_url, series_url, study_url
 from cloudfilm.index.matching import ATTRIBUTES, SUPPORTED_KEYS, Level, build_query
-from cloudfilm.index.models import Series
+from cloudfilm.index.models import Series, Study
 from cloudfilm.index.queries import like_pattern
 
 DICOM_JSON = "application/dicom+json"
@@ -251,6 +251,10 @@ def run_query(
             and (with_header or not str(c.key).startswith("_"))
         ]
         stmt = stmt.with_only_columns(*kept)
+    if principal.study_uids is not None and query.level is not Level.PATIENT:
+        # A scoped principal (a share link): match among its studies only, so that paging
+        # (limit, offset) counts what it may see.
+        stmt = stmt.where(Study.study_uid.in_(sorted(principal.study_uids)))
     if query.level in (Level.SERIES, Level.INSTANCE):
         stmt = stmt.add_columns(Series.request_attributes.label("_request_attributes"))
     for keyword, value in query.sequence_keys.items():

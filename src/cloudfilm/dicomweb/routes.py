@@ -16,7 +16,7 @@ from starlette.routing import Match
 from cloudfilm.api.deps import ArchiveDep, PrincipalDep, SettingsDep
 from cloudfilm.core.config import Settings
 from cloudfilm.dicomweb import pixels, qido, rendered, stow, wado, wado_uri
-from cloudfilm.dicomweb.access import check_uids, visible_instances
+from cloudfilm.dicomweb.access import check_download, check_uids, visible_instances
 from cloudfilm.dicomweb.errors import make_route_class, preflight, problem
 from cloudfilm.dicomweb.urls import service_url
 from cloudfilm.index.matching import Level
@@ -141,6 +141,7 @@ def _add_wado(router: APIRouter, root: str) -> None:
     ) -> Response:
         """The instances of a study (multipart/related; type="application/dicom")."""
         found = visible_instances(archive, principal, study)
+        check_download(principal, study)
         return wado.retrieve(request, archive, found, instance_level=False)
 
     @router.get(f"{root}/studies/{{study}}/series/{{series}}", tags=["WADO-RS"])
@@ -153,6 +154,7 @@ def _add_wado(router: APIRouter, root: str) -> None:
     ) -> Response:
         """The instances of a series."""
         found = visible_instances(archive, principal, study, series)
+        check_download(principal, study)
         return wado.retrieve(request, archive, found, instance_level=False)
 
     @router.get(f"{root}/studies/{{study}}/series/{{series}}/instances/{{sop}}", tags=["WADO-RS"])
@@ -166,6 +168,7 @@ def _add_wado(router: APIRouter, root: str) -> None:
     ) -> Response:
         """One instance."""
         found = visible_instances(archive, principal, study, series, sop)
+        check_download(principal, study)
         return wado.retrieve(request, archive, found, instance_level=True)
 
     @router.get(f"{root}/studies/{{study}}/metadata", tags=["WADO-RS"])

@@ -31,7 +31,7 @@ from fastapi import Request, Response
 from pydicom import dcmread
 
 from cloudfilm.api.deps import Principal
-from cloudfilm.archive import Archive, StoreResult, StoreStatus
+from cloudfilm.archive import Archive, StoreResult, StoreStatus, StoreTurn
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import (
     CloudFilmError,
@@ -63,9 +63,9 @@ DICOM_XML = "application/dicom+xml"
 #: "Data Set does not match SOP Class" — odd values kept as received.
 WARNING_DATA_SET_REMARKS = 0xB007
 #: Stores running in worker threads while the next parts are read. Their index rows share
-#: commits (``Archive``'s group commit), so several at once go faster than one by one. Of two
-#: copies of one SOP Instance UID in one request, whichever commits first is kept and the other
-#: is answered as a duplicate (or a conflict, when their identities differ).
+#: commits (``Archive``'s group commit), so several at once go faster than one by one; their
+#: turns keep the rows in the parts' order: of two copies of one SOP Instance UID in a
+#: request, the first is the one kept.
 MAX_PENDING_STORES = 4
 #: Most reasons repeated in ``Warning`` headers of one answer.
 MAX_WARNING_HEADERS = 20
@@ -129,6 +129,7 @@ def _store_part(
     content_type: str | None,
     study_uid: str | None,
     in_memory: bool,
+    turn: StoreTurn,
 ) -> StoreResult:
     """Store one spooled part (in a worker thread); never raises."""
     try:
@@ -146,11 +147,16 @@ def _store_part(
                 return mismatch
             spool.seek(0)
         data: bytes | IO[bytes] = spool.read() if in_memory else spool
-        result = archive.store(cast(Any, data), source="stow")
+        result = archive.store(cast(Any, data), source="stow", turn=turn)
+        if archive.settings.dimse_routes:  # forward per the routing rules (docs/dimse.md)
+            from cloudfilm.dimse.routing import route_stored
+
+            route_stored(archive, result, origin="stow")
         if not result.ok and result.sop_instance_uid is None:
             _identify(result, spool)
         return result
     finally:
+        turn.passed()
         spool.close()
 
 
@@ -207,6 +213,7 @@ class _Receiver:
         self.study_uid = study_uid
         self.results: list[StoreResult] = []
         self.pending: list[asyncio.Task[StoreResult]] = []
+        self.turn: StoreTurn | None = None
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.part_type: str | None = None
         self.part_size = 0
@@ -256,8 +263,9 @@ class _Receiver:
         in_memory = not getattr(spool, "_rolled", True)
         while len(self.pending) >= MAX_PENDING_STORES:
             self.results.append(await self.pending.pop(0))
+        self.turn = StoreTurn(self.turn)
         job = anyio.to_thread.run_sync(
-            _store_part, self.archive, spool, self.part_type, self.study_uid, in_memory
+            _store_part, self.archive, spool, self.part_type, self.study_uid, in_memory, self.turn
         )
         self.pending.append(asyncio.ensure_future(job))
 

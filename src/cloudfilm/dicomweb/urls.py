@@ -8,8 +8,14 @@ from cloudfilm.core.config import Settings
 
 
 def service_url(request: Request, settings: Settings) -> str:
-    """``scheme://host[:port][root_path]/dicomweb`` as the client addressed us."""
-    return str(request.base_url).rstrip("/") + settings.dicomweb_root
+    """``scheme://host[:port][root_path]/dicomweb`` as the client addressed us; reached through
+    a share link (``/s/{token}/dicomweb``), the URLs keep that prefix, so that a viewer following
+    them stays within the link."""
+    base = str(request.base_url).rstrip("/")
+    token = request.path_params.get("token")
+    if token is not None:
+        base += f"/s/{token}"
+    return base + settings.dicomweb_root
 
 
 def study_url(base: str, study_uid: str) -> str:

@@ -24,7 +24,7 @@ from cloudfilm.api.deps import ArchiveDep, PrincipalDep
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import InvalidQuery, NotAcceptable, NotFound
 from cloudfilm.dicomweb import derived
-from cloudfilm.dicomweb.access import visible_instances
+from cloudfilm.dicomweb.access import check_download, visible_instances
 from cloudfilm.dicomweb.caching import INSTANCE_CACHE, answer_304, etag_of, not_modified
 from cloudfilm.dicomweb.lookup import StoredInstance
 from cloudfilm.dicomweb.media import parse_accept
@@ -164,4 +164,6 @@ def add_routes(router: APIRouter, path: str) -> None:
         series = _required(request, "seriesUID")
         sop = _required(request, "objectUID")
         found = visible_instances(archive, principal, study, series, sop)
+        if _content_type(request, bool(found[0].rows and found[0].columns)) == DICOM:
+            check_download(principal, study)
         return wado_uri(request, archive, found)

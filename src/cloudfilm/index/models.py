@@ -71,7 +71,11 @@ class Study(Base):
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When an instance last arrived (or was removed): automatic cloud films wait for it to
+    #: be ``auto_share_stable_seconds`` old (indexed for that scan).
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -168,3 +172,187 @@ class DimsePeer(Base):
     can_query: Mapped[bool] = mapped_column(default=False)
     can_retrieve: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DurableJob:
+    """Columns of a job kept in the index and worked by background threads, with retries.
+
+    ``state`` is ``pending`` (due at ``next_attempt_at``), ``running`` (claimed by
+    ``claimed_by`` until ``locked_until``; a claim that lapses, because its process died, is
+    taken again), ``done``, ``failed`` (no attempts left, or hopeless) or ``cancelled``. See
+    ``cloudfilm.dimse.jobs``.
+    """
+
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    #: Attempts made so far (counted when an attempt starts).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DimseCommitment(DurableJob, Base):
+    """A Storage Commitment request (PS3.4 J.3) and the delivery of its N-EVENT-REPORT."""
+
+    __tablename__ = "dimse_commitment"
+    __table_args__ = (
+        UniqueConstraint("calling_ae", "transaction_uid", name="uq_dimse_commitment_transaction"),
+        Index("ix_dimse_commitment_due", "state", "next_attempt_at"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Transaction UID (0008,1195) of the N-ACTION request.
+    transaction_uid: Mapped[str] = mapped_column(String(64))
+    #: The peer that asked, and that the report goes to.
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    #: Referenced SOP Sequence (0008,1199): ``[[SOP Class UID, SOP Instance UID], ...]``.
+    references: Mapped[list[list[str]]] = mapped_column(JSON)
+    #: Event Type ID of the last report sent or tried: 1 all committed, 2 some failed.
+    event_type: Mapped[int | None] = mapped_column(Integer)
+    #: Items in the Failed SOP Sequence of that report.
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DimseForward(DurableJob, Base):
+    """One instance to send to a peer, queued by a routing rule (``dimse_routes``)."""
+
+    __tablename__ = "dimse_forward"
+    __table_args__ = (
+        Index("ix_dimse_forward_due", "state", "next_attempt_at"),
+        Index("ix_dimse_forward_destination", "destination", "state"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: AE title of the known peer it goes to.
+    destination: Mapped[str] = mapped_column(String(16))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: Where the instance came from ("dimse:CT1", "stow", "import") and the rule that matched.
+    source: Mapped[str] = mapped_column(String(100), default="")
+    rule: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Share(Base):
+    """A cloud film: a link that reaches some studies of one patient (see docs/sharing.md).
+
+    The token itself is never stored: only its SHA-256 (for look-up) and a copy sealed with the
+    server key (AES-GCM, for reprinting a card); a copy of the database without the key yields
+    no usable link. ``secret_hash`` is the argon2 hash of what the holder must enter first: the
+    access code, or the patient's birth date or the last characters of the Patient ID.
+    """
+
+    __tablename__ = "share"
+
+    #: Random public identifier (16 hex characters), used by staff and in the access log.
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: SHA-256 (hex) of the URL token.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The token sealed with the server key: base64url(nonce + AES-GCM ciphertext).
+    token_sealed: Mapped[str] = mapped_column(String(200))
+    #: The share this one was made from by its holder (a reshare), or None (issued by staff).
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("share.id", ondelete="CASCADE"), index=True
+    )
+    #: The patient (Patient ID and issuer); None while only an accession number is known.
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    issuer: Mapped[str | None] = mapped_column(String(64))
+    #: Accession number the share was issued for; ``pending`` until its study arrives.
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    pending: Mapped[bool] = mapped_column(default=False)
+    #: Comma-separated permissions: ``view`` and any of ``download``, ``reshare``.
+    permissions: Mapped[str] = mapped_column(String(64), default="view")
+    #: What must be entered first: ``none``, ``code``, ``birth-date`` or ``id-suffix``.
+    secret_kind: Mapped[str] = mapped_column(String(16), default="none")
+    #: argon2 hash of the normalised code or patient-check answer.
+    secret_hash: Mapped[str | None] = mapped_column(String(200))
+    #: The access code sealed with the server key (so that a card can be reprinted).
+    code_sealed: Mapped[str | None] = mapped_column(String(200))
+    #: Short free text shown to the holder, e.g. the doctor's name for a reshare.
+    label: Mapped[str] = mapped_column(String(200), default="")
+    note: Mapped[str] = mapped_column(String(1000), default="")
+    #: Who issued it: a staff principal ("development:dev", "cli") or ``share:<id>``.
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    studies: Mapped[list[ShareStudy]] = relationship(
+        back_populates="share", cascade="all, delete-orphan"
+    )
+
+
+class ShareStudy(Base):
+    """A study a share reaches, by Study Instance UID (no foreign key: deleting a study from
+    the archive must not be blocked by a share, and a re-sent study is reached again)."""
+
+    __tablename__ = "share_study"
+
+    share_id: Mapped[str] = mapped_column(
+        ForeignKey("share.id", ondelete="CASCADE"), primary_key=True
+    )
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+    share: Mapped[Share] = relationship(back_populates="studies")
+
+
+class ShareLockout(Base):
+    """Failed code or patient-check attempts, counted per share and per client address.
+
+    Kept in the index so that every server process sees the same counts.
+    """
+
+    __tablename__ = "share_lockout"
+
+    #: ``share`` or ``client``.
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: The share id, or the client address (IPv6 reduced to its /64 network).
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Start of the current counting window (failures older than the lockout period lapse).
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ShareAccess(Base):
+    """One opening, download or renewal of a share ("who opened my images").
+
+    The client address is kept only to its /24 (IPv4) or /48 (IPv6) network.
+    """
+
+    __tablename__ = "share_access"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    share_id: Mapped[str] = mapped_column(ForeignKey("share.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: ``open``, ``download`` or ``renew``.
+    action: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(400), default="")
+
+
+class AutoShare(DurableJob, Base):
+    """A study taken up by the automatic cloud film rule (``auto_share_*`` settings).
+
+    One row per study (``study_uid`` is unique): however many server processes run the rule,
+    the first to insert the row owns the study, and its claim (``DurableJob``) decides who
+    issues the share. The share is issued in the same transaction that marks the row done,
+    so a crash leaves either nothing (the job is taken again) or both.
+    """
+
+    __tablename__ = "auto_share"
+    __table_args__ = (Index("ix_auto_share_due", "state", "next_attempt_at"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The cloud film the study got; None until done (no foreign key: like ``ShareStudy``).
+    share_id: Mapped[str | None] = mapped_column(String(16))
+    #: ``issued`` (a new share), ``resolved`` (a share issued by accession number before the
+    #: images arrived) or ``existing`` (a share staff had already issued for the study).
+    outcome: Mapped[str] = mapped_column(String(16), default="")
