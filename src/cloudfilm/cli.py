@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 from rich.table import Table
 
 from cloudfilm.archive import Archive
+from cloudfilm.core import logs
 from cloudfilm.core.config import Settings, load_settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dimse.cli import dimse_beside, dimse_command, peers_app
@@ -63,7 +64,7 @@ def _settings(data_dir: Path | None, **extra: Any) -> Settings:
 
 def _open(data_dir: Path | None) -> Archive:
     settings = _settings(data_dir)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return Archive.open(settings)
@@ -338,13 +339,16 @@ def _run_server(
     from cloudfilm.api.app import create_app
     from cloudfilm.sharing.auto import auto_share_beside
 
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     application = create_app(settings)
     for line in banner or []:
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"cloudfilm listening on http://{settings.http_host}:{settings.http_port}")
     with dimse_beside(settings, enabled=dicom), auto_share_beside(settings):
-        uvicorn.run(application, host=settings.http_host, port=settings.http_port, log_level="info")
+        uvicorn.run(
+            application, host=settings.http_host, port=settings.http_port, log_level="info",
+            log_config=logs.uvicorn_config(),
+        )  # fmt: skip
 
 
 @app.command()

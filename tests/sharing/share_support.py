@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -94,6 +97,46 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+class ServeProcess:
+    """A real ``cloudfilm serve`` process on a free port, its output kept in ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path, log_level: str = "WARNING") -> None:
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("wb") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cloudfilm.cli", "serve", "--port", str(self.port)],
+                env={**env, "CLOUDFILM_LOG_LEVEL": log_level, "PYTHONIOENCODING": "utf-8"},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_healthy(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cloudfilm serve exited: {self.output()[-2000:]}")
+            try:
+                if requests.get(f"{self.origin}/health", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"cloudfilm serve at {self.origin} did not become healthy")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(20)
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
 
 def token_of(link: str) -> str:

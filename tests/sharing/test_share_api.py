@@ -209,3 +209,38 @@ def test_staff_card_of_a_share(origin: str, people: People) -> None:
     assert requests.get(f"{origin}/api/shares/{made['id']}/card.gif", timeout=30).status_code == 422
     requests.post(f"{origin}/api/shares/{made['id']}/revoke", timeout=30)
     assert requests.get(f"{origin}/api/shares/{made['id']}/card.pdf", timeout=30).status_code == 410
+
+
+def test_holder_sees_no_staff_details_and_the_door_is_not_cached(
+    origin: str, people: People, links: ShareLinks
+) -> None:
+    issued = links.issue(ShareRequest(
+        study_uids=[people.a1.study], secret="code", permissions=["reshare"],
+        note="internal: patient asked twice", created_by="user:nurse7",
+    ))  # fmt: skip
+    token = token_of(issued.link)
+    patient = requests.Session()
+    unlock(patient, origin, token, issued.code or "")
+    seen = patient.get(f"{origin}/s/{token}/api/share", timeout=30)
+    body = seen.json()
+    assert body["id"] == issued.info.id and body["study_uids"] == [people.a1.study]
+    assert not {"note", "created_by", "patient_id"} & set(body)
+    for path in ("/api/share", "", f"/dicomweb/studies/{people.a1.study}/metadata",
+                 f"/dicomweb/studies/{people.a1.study}/series/{people.a1.series}/instances/"
+                 f"{people.a1.sop}/rendered"):  # fmt: skip
+        answer = patient.get(f"{origin}/s/{token}{path}", timeout=30)
+        assert answer.status_code == 200, (path, answer.status_code)
+        assert answer.headers["cache-control"] == "no-store", path
+        assert answer.headers["referrer-policy"] == "no-referrer", path
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+    staff = requests.get(f"{origin}/dicomweb/studies/{people.a1.study}/metadata", timeout=30)
+    assert staff.headers["cache-control"] != "no-store"  # the staff door keeps its caching
+    # a reshare with the earlier exams: the API wants a code, the page form sets one
+    refused = patient.post(f"{origin}/s/{token}/api/reshares",
+                           json={"include_prior": True}, timeout=30)  # fmt: skip
+    assert refused.status_code == 400 and "access code" in refused.json()["detail"]
+    made = patient.post(f"{origin}/s/{token}/reshares", data={"include_prior": "1"},
+                        timeout=30, allow_redirects=False)  # fmt: skip
+    assert made.status_code == 201
+    (child,) = links.list(ShareFilter(parent_id=issued.info.id))
+    assert child.secret_kind == "code" and people.a2.study in child.study_uids

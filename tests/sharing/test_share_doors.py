@@ -168,17 +168,20 @@ def test_reshare_with_earlier_exams_reaches_them(
     parent = links.issue(ShareRequest(study_uids=[people.a1.study], secret="birth-date",
                                       permissions=["reshare"]))  # fmt: skip
     plain = links.reshare(parent.info.id, ShareRequest())
-    prior = links.reshare(parent.info.id, ShareRequest(include_prior=True))
+    prior = links.reshare(parent.info.id, ShareRequest(include_prior=True, secret="code"))
+    doctor = requests.Session()
+    a2 = f"/dicomweb/studies/{people.a2.study}/metadata"
+    assert doctor.get(f"{origin}/s/{token_of(prior.link)}{a2}", timeout=30).status_code == 401
+    assert unlock(doctor, origin, token_of(prior.link), prior.code or "").status_code == 303
 
     def reachable(token: str) -> set[str]:
-        found = requests.get(f"{origin}/s/{token}/dicomweb/studies", timeout=30).json()
+        found = doctor.get(f"{origin}/s/{token}/dicomweb/studies", timeout=30).json()
         return {s["0020000D"]["Value"][0] for s in found}
 
     assert reachable(token_of(plain.link)) == {people.a1.study}
     assert reachable(token_of(prior.link)) == {people.a1.study, people.a2.study}
-    a2 = f"/dicomweb/studies/{people.a2.study}/metadata"
     assert requests.get(f"{origin}/s/{token_of(plain.link)}{a2}", timeout=30).status_code == 404
-    assert requests.get(f"{origin}/s/{token_of(prior.link)}{a2}", timeout=30).status_code == 200
+    assert doctor.get(f"{origin}/s/{token_of(prior.link)}{a2}", timeout=30).status_code == 200
     links.revoke(parent.info.id)
     for child in (plain, prior):
         assert requests.get(child.link.replace("http://127.0.0.1:8080", origin),

@@ -9,6 +9,7 @@ from share_support import People, store_study
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import Conflict, Forbidden, MalformedRequest, NotFound
+from cloudfilm.index.models import ShareLockout
 from cloudfilm.sharing.links import (
     ShareFilter,
     ShareLinks,
@@ -119,14 +120,16 @@ def test_reshare_rules(people: People, links: ShareLinks) -> None:
         links.reshare(parent.info.id, ShareRequest(permissions=["reshare"]), now)
     with pytest.raises(Forbidden, match="onward"):  # no chains: a reshare cannot reshare
         links.reshare(capped.info.id, ShareRequest(), now)
-    prior = links.reshare(parent.info.id, ShareRequest(include_prior=True), now)
+    with pytest.raises(MalformedRequest, match="protected by an access code"):
+        links.reshare(parent.info.id, ShareRequest(include_prior=True), now)
+    prior = links.reshare(parent.info.id, ShareRequest(include_prior=True, secret="code"), now)
     assert set(prior.info.study_uids) == {people.a1.study, people.a2.study}
     assert people.b1.study not in prior.info.study_uids
     coded = links.reshare(parent.info.id, ShareRequest(secret="code"), now)
     assert coded.code is not None and links.verify(coded.info, coded.code)
     open_link = links.issue(ShareRequest(study_uids=[people.a1.study], permissions=["reshare"]))
     with pytest.raises(Forbidden, match="protected by a code"):
-        links.reshare(open_link.info.id, ShareRequest(include_prior=True), now)
+        links.reshare(open_link.info.id, ShareRequest(include_prior=True, secret="code"), now)
     view_only = links.issue(ShareRequest(study_uids=[people.a1.study]))
     with pytest.raises(Forbidden, match="onward"):
         links.reshare(view_only.info.id, ShareRequest(), now)
@@ -181,25 +184,55 @@ def test_lockout_counts_per_share_and_client(links: ShareLinks) -> None:
     now = utcnow()
     subjects = [(SHARE, "s1"), (CLIENT, "10.0.0.1")]
     for attempt in range(1, 5):
-        verdict = lockout.fail(subjects, now)
-        assert verdict.locked_until is None and verdict.remaining == 5 - attempt
-    verdict = lockout.fail(subjects, now)
-    assert verdict.locked_until == now + timedelta(minutes=15)
+        counted, verdict = lockout.reserve(subjects, now)
+        assert counted and verdict.locked_until is None and verdict.remaining == 5 - attempt
+    counted, verdict = lockout.reserve(subjects, now)  # the fifth attempt is still checked
+    assert counted and verdict.locked_until == now + timedelta(minutes=15)
     assert verdict.retry_after(now) == 15 * 60
+    counted, verdict = lockout.reserve(subjects, now)  # the sixth is refused unchecked
+    assert not counted and verdict.remaining == 0
     assert lockout.check([(SHARE, "s1")], now).locked_until is not None
-    assert lockout.check([(CLIENT, "10.0.0.1")], now).locked_until is not None
+    assert lockout.check([(CLIENT, "10.0.0.1")], now).locked_until is None  # limit 20
     assert lockout.check([(SHARE, "s2"), (CLIENT, "10.0.0.2")], now).locked_until is None
     later = now + timedelta(minutes=15, seconds=1)
     assert lockout.check(subjects, later).locked_until is None
-    assert lockout.fail(subjects, later).remaining == 4  # a fresh window after the lock
+    assert lockout.reserve([(SHARE, "s1")], later)[1].remaining == 4  # a fresh window
     lockout.clear((SHARE, "s1"))
     assert lockout.check([(SHARE, "s1")], later).remaining == 5
     # failures older than the window lapse
-    lockout.fail([(SHARE, "s3")], now)
-    assert lockout.fail([(SHARE, "s3")], now + timedelta(minutes=16)).remaining == 4
+    lockout.reserve([(SHARE, "s3")], now)
+    assert lockout.reserve([(SHARE, "s3")], now + timedelta(minutes=16))[1].remaining == 4
+
+
+def test_client_lock_over_many_shares(links: ShareLinks) -> None:
+    lockout = links.lockout
+    now = utcnow()
+    client = (CLIENT, "10.0.0.7")
+    for n in range(19):
+        assert lockout.reserve([(SHARE, f"c{n}"), client], now)[0]
+    assert lockout.check([client], now).remaining == 1
+    counted, verdict = lockout.reserve([(SHARE, "c19"), client], now)
+    assert counted and verdict.locked_until is not None  # the 20th locks the address
+    assert not lockout.reserve([(SHARE, "c20"), client], now)[0]
+
+
+def test_a_right_answer_gives_its_count_back(links: ShareLinks) -> None:
+    lockout = links.lockout
+    now = utcnow()
+    subjects = [(SHARE, "r1"), (CLIENT, "10.0.0.8")]
+    for _ in range(4):
+        lockout.reserve(subjects, now)
+    counted, verdict = lockout.reserve(subjects, now)
+    assert counted and verdict.locked_until is not None  # the last attempt ...
+    lockout.passed(subjects, now)  # ... was right: nothing stays locked or counted
+    assert lockout.check([(SHARE, "r1")], now).remaining == 5
+    with links.archive.sessions() as session:
+        client = session.get(ShareLockout, ("client", "10.0.0.8"))
+        assert client is not None and client.failures == 4 and client.locked_until is None
 
 
 def test_client_subjects() -> None:
     assert client_subject("203.0.113.7") == "203.0.113.7"
     assert client_subject("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert client_subject("::ffff:203.0.113.7") == "203.0.113.7"  # not all of ::/64
     assert client_subject("not an address") == "not an address"

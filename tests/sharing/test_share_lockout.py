@@ -7,63 +7,31 @@ which uvicorn trusts from loopback (as from a reverse proxy on the same host).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
-from share_support import People, free_port, token_of
+from share_support import People, ServeProcess, ThreadServer, token_of
 
+from cloudfilm.sharing import crypto
 from cloudfilm.sharing.links import ShareLinks, ShareRequest
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 
 @pytest.fixture
-def two_servers(cli_env: dict[str, str], people: People) -> Iterator[list[str]]:
+def two_servers(cli_env: dict[str, str], people: People, tmp_path: Path) -> Iterator[list[str]]:
     """Two ``cloudfilm serve`` processes on the test archive; their origins."""
-    processes, origins = [], []
+    servers = [ServeProcess(cli_env, tmp_path / f"serve-{i}.log") for i in range(2)]
     try:
-        for _ in range(2):
-            port = free_port()
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "cloudfilm.cli", "serve", "--port", str(port)],
-                    env={**cli_env, "CLOUDFILM_LOG_LEVEL": "WARNING"},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-            )
-            origins.append(f"http://127.0.0.1:{port}")
-        for origin, process in zip(origins, processes, strict=True):
-            _wait_healthy(origin, process)
-        yield origins
+        for server in servers:
+            server.wait_healthy()
+        yield [server.origin for server in servers]
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(20)
-
-
-def _wait_healthy(origin: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"cloudfilm serve exited: {stderr[-2000:]}")
-        try:
-            if requests.get(f"{origin}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"cloudfilm serve at {origin} did not become healthy")
+        for server in servers:
+            server.stop()
 
 
 def attempt(origin: str, token: str, answer: str, client: str) -> requests.Response:
@@ -104,15 +72,18 @@ def test_client_lockout_holds_across_two_processes(
     two_servers: list[str], people: People, links: ShareLinks
 ) -> None:
     shares = [links.issue(ShareRequest(study_uids=[people.a1.study], secret="code"))
-              for _ in range(6)]  # fmt: skip
+              for _ in range(21)]  # fmt: skip
     statuses = [
         attempt(two_servers[i % 2], token_of(s.link), wrong(s.code), "10.9.9.9").status_code
-        for i, s in enumerate(shares[:5])
-    ]  # one client, one wrong code on each of five shares
-    assert statuses == [401, 401, 401, 401, 429]
-    last = shares[5]
+        for i, s in enumerate(shares[:20])
+    ]  # one client, one wrong code on each of twenty shares (the client limit)
+    assert statuses == [401] * 19 + [429]
+    last = shares[20]
     assert attempt(two_servers[0], token_of(last.link), last.code or "",
                    "10.9.9.9").status_code == 429  # fmt: skip
+    mapped = "::ffff:10.9.9.9"  # the same client, written as an IPv4-mapped IPv6 address
+    assert attempt(two_servers[1], token_of(last.link), last.code or "",
+                   mapped).status_code == 429  # fmt: skip
     assert attempt(two_servers[1], token_of(last.link), last.code or "",
                    "10.9.9.10").status_code == 303  # fmt: skip
 
@@ -133,3 +104,36 @@ def test_many_concurrent_wrong_codes_are_all_counted(
     codes = sorted(a.status_code for a in answers)
     assert codes.count(401) == 4, codes  # exactly four wrong codes were checked before the lock
     assert codes.count(429) == 8, codes
+
+
+def test_racing_attempts_get_no_more_checks_than_the_limit(
+    serve: Callable[..., ThreadServer],
+    people: People,
+    links: ShareLinks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each attempt is counted before its answer is checked: twelve racing wrong answers on
+    one share get exactly five argon2 checks, not one per request that passed a stale look."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    checks: list[str] = []
+    real_verify = crypto.verify_answer
+
+    def counting_verify(stored: str, answer: str) -> bool:
+        checks.append(answer)
+        time.sleep(0.05)  # widen the window a check-then-count design would leave open
+        return real_verify(stored, answer)
+
+    monkeypatch.setattr(crypto, "verify_answer", counting_verify)
+    origin = serve().origin
+    issued = links.issue(ShareRequest(study_uids=[people.a1.study], secret="code"))
+    token = token_of(issued.link)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(
+            lambda i: attempt(origin, token, wrong(issued.code), f"10.2.{i}.1"), range(12)
+        ))  # fmt: skip
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [401] * 4 + [429] * 8, codes
+    assert len(checks) == 5
+    locked = attempt(origin, token, issued.code or "", "10.2.99.1")
+    assert locked.status_code == 429 and len(checks) == 5  # the right code is not even checked

@@ -205,8 +205,12 @@ class Settings(BaseSettings):
         7, ge=1, le=3650, description="validity of a patient's reshare when none is asked, in days"
     )
     share_lockout_failures: int = Field(
-        5, ge=1, le=100, description="wrong codes that lock a share, or a client, out for a while"
+        5, ge=1, le=100, description="wrong codes that lock a share out for a while"
     )
+    share_lockout_client_failures: int = Field(
+        20, ge=1, le=1000,
+        description="wrong codes, over all shares, that lock one client address out for a while",
+    )  # fmt: skip
     share_lockout_minutes: int = Field(
         15, ge=1, le=7 * 24 * 60, description="how long a share or client stays locked, in minutes"
     )

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from cloudfilm.core.errors import CloudFilmError
+from cloudfilm.core.logs import request_label
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +105,14 @@ def make_route_class(origins: Sequence[str]) -> type[APIRoute]:
                 except CloudFilmError as exc:
                     response = problem_for(exc)
                 except ClientDisconnect:
-                    logger.info("client left during %s %s", request.method, request.url.path)
+                    logger.info("client left during %s", request_label(request))
                     response = problem(400, "the client closed the connection", "disconnected")
                 except RequestValidationError as exc:
                     response = problem(400, _validation_detail(exc), "malformed-request")
                 except HTTPException as exc:
                     response = problem(exc.status_code, str(exc.detail))
                 except Exception:
-                    logger.exception("DICOMweb %s %s failed", request.method, request.url.path)
+                    logger.exception("DICOMweb %s failed", request_label(request))
                     response = problem(
                         500,
                         "the server failed to answer this request; the failure is logged",

@@ -234,10 +234,21 @@ def _own(request: Request, principal: Principal) -> ShareInfo:
     return info
 
 
+#: What a holder is not shown of a link: who issued it, the patient ID (the holder may be a
+#: doctor the patient passed the link to) and, on links staff issued, the staff's note.
+_HIDDEN_FROM_HOLDER = ("created_by", "patient_id")
+
+
+def _for_holder(data: dict[str, Any], *, own_note: bool) -> dict[str, Any]:
+    hidden = _HIDDEN_FROM_HOLDER if own_note else (*_HIDDEN_FROM_HOLDER, "note")
+    return {key: value for key, value in data.items() if key not in hidden}
+
+
 @holder_router.get("/share")
 def holder_share(token: str, request: Request, principal: PrincipalDep) -> dict[str, Any]:
     """The link itself: studies, permissions, expiry."""
-    return _own(request, principal).as_json(utcnow())
+    info = _own(request, principal)
+    return _for_holder(info.as_json(utcnow()), own_note=info.is_reshare)
 
 
 @holder_router.get("/accesses")
@@ -261,7 +272,8 @@ def holder_reshares(token: str, request: Request, principal: PrincipalDep) -> li
     """The links made from this one."""
     info = _resharer(request, principal)
     now = utcnow()
-    return [r.as_json(now) for r in links_for(request).list(ShareFilter(parent_id=info.id), now)]
+    found = links_for(request).list(ShareFilter(parent_id=info.id), now)
+    return [_for_holder(r.as_json(now), own_note=True) for r in found]
 
 
 @holder_router.post("/reshares", status_code=201)
@@ -285,7 +297,7 @@ def holder_reshare(
         ),
         now,
     )
-    return JSONResponse(issued.as_json(now), status_code=201)
+    return JSONResponse(_for_holder(issued.as_json(now), own_note=True), status_code=201)
 
 
 @holder_router.delete("/reshares/{share_id}")
@@ -298,4 +310,4 @@ def holder_revoke(
     child = links.get(share_id)
     if child.parent_id != info.id:
         raise NotFound(f"share {share_id} not found")
-    return links.revoke(share_id).as_json(utcnow())
+    return _for_holder(links.revoke(share_id).as_json(utcnow()), own_note=True)

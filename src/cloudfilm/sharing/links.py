@@ -220,6 +220,7 @@ class ShareLinks:
         self.lockout = Lockout(
             archive.engine, archive.sessions,
             self.settings.share_lockout_failures, self.settings.share_lockout_minutes,
+            client_failures=self.settings.share_lockout_client_failures,
         )  # fmt: skip
 
     def link(self, token: str) -> str:
@@ -272,6 +273,10 @@ class ShareLinks:
             if not wanted <= info.permissions - {"reshare"}:
                 extra = ", ".join(sorted(wanted - (info.permissions - {"reshare"})))
                 raise Forbidden(f"a reshare cannot have permissions its link lacks: {extra}")
+            if request.include_prior and request.secret != "code":
+                raise MalformedRequest(
+                    "a link with earlier exams must be protected by an access code"
+                )
             expires = self._reshare_expiry(request.expires_at, info.expires_at, now)
             patient = self._reshare_patient(session, info, request.include_prior)
             return self._insert(
@@ -575,19 +580,28 @@ class ShareLinks:
 
     # --------------------------------------------------------------------- secrets
 
-    def verify(self, info: ShareInfo, answer: str) -> bool:
-        """Whether ``answer`` passes the share's code or patient check.
+    def normalize(self, info: ShareInfo, answer: str) -> str:
+        """The canonical form of an answer to the share's code or patient check.
 
         Raises :class:`crypto.InvalidAnswer` for input that cannot be an answer (not a failure).
         """
         if info.secret_kind == "none":
-            return True
+            return ""
         normalize = {
             "code": crypto.normalize_code,
             "birth-date": crypto.normalize_birth_date,
             "id-suffix": crypto.normalize_id_suffix,
         }[info.secret_kind]
-        normalized = normalize(answer)
+        return normalize(answer)
+
+    def verify(self, info: ShareInfo, answer: str) -> bool:
+        """Whether ``answer`` passes the share's code or patient check.
+
+        Raises :class:`crypto.InvalidAnswer` for input that cannot be an answer (not a failure).
+        """
+        normalized = self.normalize(info, answer)
+        if info.secret_kind == "none":
+            return True
         with self.archive.sessions() as session:
             stored = session.scalar(select(Share.secret_hash).where(Share.id == info.id))
         return stored is not None and crypto.verify_answer(stored, normalized)

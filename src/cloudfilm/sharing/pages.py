@@ -181,20 +181,23 @@ class _Attempt:
 
 
 def _attempt(request: Request, links: ShareLinks, info: ShareInfo, answer: str) -> _Attempt:
-    """Check an answer under the lockout: refused unread while locked; a wrong answer counts
-    against the share and the client; a malformed one is refused without counting."""
+    """Check an answer under the lockout: a malformed one is refused without counting; else
+    the attempt is counted before the answer is checked (so racing requests cannot get more
+    checks than the limit), refused unread while locked, and given back when right."""
     now = utcnow()
     subjects = _subjects(request, info)
-    if links.lockout.check(subjects, now).locked_until is not None:
-        return _Attempt(False, None, 429)
     try:
-        passed = links.verify(info, answer)
+        links.normalize(info, answer)
     except crypto.InvalidAnswer:
+        if links.lockout.check(subjects, now).locked_until is not None:
+            return _Attempt(False, None, 429)
         return _Attempt(False, f"share.error.invalid.{info.secret_kind}", 400)
-    if passed:
-        links.lockout.clear((SHARE, info.id))
+    counted, verdict = links.lockout.reserve(subjects, now)
+    if not counted:
+        return _Attempt(False, None, 429)
+    if links.verify(info, answer):
+        links.lockout.passed(subjects, now)
         return _Attempt(True, None, 303)
-    verdict = links.lockout.fail(subjects, now)
     status = 429 if verdict.locked_until is not None else 401
     return _Attempt(False, f"share.error.wrong.{info.secret_kind}", status)
 
@@ -360,7 +363,8 @@ def _reshare(request: Request, token: str, form: dict[str, str]) -> Response:
             found.id,
             ShareRequest(
                 expires_at=expires,
-                secret="code" if form.get("code") else "none",
+                # earlier exams go only behind a code (the reshare reaches more than the card)
+                secret="code" if form.get("code") or form.get("include_prior") else "none",
                 permissions=("view", "download") if form.get("download") else ("view",),
                 label=form.get("label", ""),
                 include_prior=bool(form.get("include_prior")),

@@ -5,11 +5,17 @@ Besides the pages and the JSON APIs, the whole DICOMweb service is mounted a sec
 principal (its studies only, never STOW), and the URLs in their answers keep the prefix
 (``cloudfilm.dicomweb.urls.service_url``). Retrieving a whole study or series of originals
 through it is recorded as a download in the share's access log.
+
+Every answer under ``/s/`` leaves the door with ``Cache-Control: no-store`` (a phone is often
+shared, and a link that is revoked or lapses must not leave images in its cache), with
+``Referrer-Policy: no-referrer`` (the path holds the token) and ``nosniff``
+(:class:`ShareDoorHeaders`).
 """
 
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudfilm.core.config import Settings
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
@@ -20,6 +26,36 @@ from cloudfilm.sharing.principals import client_address, share_principal
 SHARE_PREFIX = "/s/{token}"
 #: Route paths (under the DICOMweb root) whose GET retrieves originals of a study or series.
 _DOWNLOAD_SUFFIXES = ("/studies/{study}", "/series/{series}")
+
+
+#: Headers every answer of the share door carries, whatever the route set.
+DOOR_HEADERS = (
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+)
+_DOOR_NAMES = {name for name, _ in DOOR_HEADERS}
+
+
+class ShareDoorHeaders:
+    """Sets :data:`DOOR_HEADERS` on every answer under ``/s/`` (a plain ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/s/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                kept = [(k, v) for k, v in headers if k.lower() not in _DOOR_NAMES]
+                message["headers"] = kept + list(DOOR_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def record_download(request: Request) -> None:
@@ -44,6 +80,7 @@ def record_download(request: Request) -> None:
 
 def add_share_routes(app: FastAPI, settings: Settings) -> None:
     """Pages, APIs and the DICOMweb service under ``/s/{token}``; the staff pages."""
+    app.add_middleware(ShareDoorHeaders)
     app.include_router(api.staff_router)
     app.include_router(staff.router)
     app.include_router(api.holder_router)
