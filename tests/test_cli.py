@@ -371,6 +371,7 @@ def test_demo_prints_a_cloud_film_per_patient_and_the_staff_page(
 ) -> None:
     from fastapi.testclient import TestClient
 
+    from cloudfilm.access.accounts import Accounts
     from cloudfilm.api.app import create_app
     from cloudfilm.demo import DEMO_STUDIES
     from cloudfilm.sharing.links import ShareFilter, ShareLinks
@@ -401,3 +402,14 @@ def test_demo_prints_a_cloud_film_per_patient_and_the_staff_page(
         staff = client.get("/staff/")
         assert staff.status_code == 200
         assert len(re.findall(r'<tr data-study-uid="', staff.text)) == len(DEMO_STUDIES)
+        # the printed API key works, as the demo hospital's technologist; the earlier is revoked
+        keys = re.findall(r"Authorization: Bearer (cfk_[0-9a-f]{12}_[A-Za-z0-9_-]{43})'",
+                          first.stdout + second.stdout)  # fmt: skip
+        assert len(keys) == 2
+        for key, status in zip(keys, (401, 200), strict=True):
+            answer = client.get("/dicomweb/studies", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == status
+        assert len(answer.json()) == len(DEMO_STUDIES)  # the demo studies are the hospital's
+        password = re.findall(r"user demo-admin  password (\S+)$", second.stdout, re.MULTILINE)
+        assert len(password) == 1
+        assert Accounts(archive).sign_in("demo-admin", password[0], "127.0.0.1").user

@@ -29,9 +29,11 @@ from sqlalchemy import (
     Engine,
     Table,
     bindparam,
+    case,
     delete,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -54,7 +56,15 @@ from cloudfilm.dicom.attributes import IndexFields, extract_index_fields
 from cloudfilm.dicom.json import header_json
 from cloudfilm.dicom.parse import ParsedInstance, parse_instance
 from cloudfilm.index import migrate
-from cloudfilm.index.models import Instance, Patient, PendingDelete, Series, Study, utcnow
+from cloudfilm.index.models import (
+    Instance,
+    Patient,
+    PendingDelete,
+    Series,
+    Study,
+    StudyAccess,
+    utcnow,
+)
 from cloudfilm.storage import BlobStore, FileBlobStore, open_blob_store
 from cloudfilm.storage.base import CHUNK, BlobInfo, new_blob_key
 
@@ -111,6 +121,8 @@ class Archive:
         self.blobs = blobs
         self.sessions: sessionmaker[Session] = session_factory(engine)
         self._counters_lock = threading.Lock()
+        #: (study pk, institution pk) pairs this process has granted (see ``_grant_study``).
+        self._granted: set[tuple[int, int]] = set()
         self.counters: dict[str, int] = {s.value: 0 for s in StoreStatus} | {"bytes": 0}
         self._writer: ThreadPoolExecutor | None = None
         self._commits = _GroupCommit()
@@ -147,6 +159,7 @@ class Archive:
         source: str | None = None,
         source_ae: str | None = None,
         turn: StoreTurn | None = None,
+        institution: int | None = None,
     ) -> StoreResult:
         """Store one instance, received as a Part 10 file or as a bare data set.
 
@@ -164,6 +177,10 @@ class Archive:
             For stores of one request running at once: their index rows are written in the
             order of their turns, so that of two copies of one instance the first received is
             the one kept (see ``StoreTurn``).
+        institution
+            Primary key of the institution that sent it (its AE, API client or import): the
+            study's owner if it is new to the platform, else a holder that may see it too
+            (also for a duplicate). None leaves the study's access as it is.
 
         Returns
         -------
@@ -184,7 +201,7 @@ class Archive:
                     if early is not None:
                         self._abandon_blob(early)
                     raise
-                result = self._store_parsed(spool, parsed, source, early, turn)
+                result = self._store_parsed(spool, parsed, source, early, turn, institution)
         except CloudFilmError as exc:
             result = StoreResult(StoreStatus.REJECTED, reason=exc.message, error=exc)
         except Exception as exc:  # the index or storage failed: answer, never crash the caller
@@ -267,6 +284,7 @@ class Archive:
         source: str | None,
         early: _Writing | None = None,
         turn: StoreTurn | None = None,
+        institution: int | None = None,
     ) -> StoreResult:
         base = StoreResult(
             StoreStatus.STORED,
@@ -312,7 +330,7 @@ class Archive:
                 "received_at": utcnow(),
                 **fields.instance,
             }
-            verdict = self._commit_instance(ident, fields, row, base, turn)
+            verdict = self._commit_instance(ident, fields, row, base, turn, institution)
         except BaseException:
             self._abandon_blob(writing)
             raise
@@ -393,6 +411,7 @@ class Archive:
         row: dict[str, Any],
         base: StoreResult,
         turn: StoreTurn | None = None,
+        institution: int | None = None,
     ) -> StoreResult | None:
         """Index the instance; None when stored (committed), else the answer to give.
 
@@ -401,7 +420,7 @@ class Archive:
         index writes everything waiting, each instance in its own savepoint, and all of them
         answer after that commit. A lone store is simply a batch of one.
         """
-        job = _IndexJob(ident, fields, row, base)
+        job = _IndexJob(ident, fields, row, base, institution)
         if turn is not None:
             turn.wait()
         self._commits.run(job, self._index_batch, turn.passed if turn is not None else None)
@@ -436,11 +455,15 @@ class Archive:
         for _attempt in range(2):
             try:
                 with conn.begin_nested():
-                    self._index_rows(conn, job.ident, job.fields, job.row, job.base)
+                    self._index_rows(
+                        conn, job.ident, job.fields, job.row, job.base, job.institution
+                    )
             except IntegrityError:
                 continue
             except _Answer as answer:
                 job.answer = answer.result
+                if job.institution is not None and answer.result.status is StoreStatus.DUPLICATE:
+                    self._grant_study(conn, job.ident.study_uid, job.institution)
             except _Refused as refused:
                 job.answer = _conflict(job.base, str(refused))
             except Exception as exc:
@@ -455,6 +478,7 @@ class Archive:
         fields: IndexFields,
         row: dict[str, Any],
         base: StoreResult,
+        institution: int | None = None,
     ) -> None:
         sql = _statements(self.engine.dialect.name)
         old_key = None
@@ -481,6 +505,18 @@ class Archive:
         ).one()
         if parent != study_pk:
             raise _Refused(f"series {ident.series_uid} belongs to another study")
+        if institution is not None and (study_pk, institution) not in self._granted:
+            holders = (
+                conn.execute(
+                    select(StudyAccess.institution_pk).where(StudyAccess.study_pk == study_pk)
+                )
+                .scalars()
+                .all()
+            )
+            if holders and institution not in holders:
+                # New data for a study only others may see: refused, revealing nothing of it.
+                raise _Refused("this sender may not add instances to this study")
+            self._grant_study(conn, ident.study_uid, institution, study_pk)
         conn.execute(sql.instance, {**row, "series_pk": series_pk})
         size = row["size_bytes"]
         conn.execute(sql.count_series, {"row_pk": series_pk, "size": size})
@@ -491,6 +527,26 @@ class Archive:
             conn.execute(sql.count_study, {"row_pk": study_pk, "size": size, "at": at})
         if old_key:
             conn.execute(insert(PendingDelete).values(blob_key=old_key))
+
+    def _grant_study(
+        self, conn: Connection, study_uid: str, institution: int, study_pk: int | None = None
+    ) -> None:
+        """Record that ``institution`` may see the study: its owner when nobody else holds
+        it yet, else a holder. Done once per study and institution in this process."""
+        if study_pk is None:
+            study_pk = conn.execute(
+                select(Study.pk).where(Study.study_uid == study_uid)
+            ).scalar_one_or_none()
+            if study_pk is None:
+                return
+        if (study_pk, institution) in self._granted:
+            return
+        sql = _statements(self.engine.dialect.name)
+        conn.execute(sql.grant, {"study": study_pk, "inst": institution, "at": utcnow()})
+        with self._counters_lock:
+            if len(self._granted) > 100_000:
+                self._granted.clear()
+            self._granted.add((study_pk, institution))
 
     def _refresh_study(self, session: Session | Connection, study_pk: int) -> None:
         """Recompute a study's derived values from its series (under the study lock)."""
@@ -562,7 +618,9 @@ class Archive:
         patient_pk = session.execute(
             select(Study.patient_pk).where(Study.pk == study_pk)
         ).scalar_one()
-        session.execute(delete(Study).where(Study.pk == study_pk))
+        session.execute(delete(Study).where(Study.pk == study_pk))  # its access rows cascade
+        with self._counters_lock:  # a new study may get this key again (SQLite reuses rowids)
+            self._granted = {g for g in self._granted if g[0] != study_pk}
         if not session.execute(
             select(func.count(Study.pk)).where(Study.patient_pk == patient_pk)
         ).scalar_one():
@@ -692,6 +750,7 @@ class _IndexJob:
     fields: IndexFields
     row: dict[str, Any]
     base: StoreResult
+    institution: int | None = None
     answer: StoreResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -752,6 +811,7 @@ class _Statements:
     instance: Any
     count_series: Any
     count_study: Any
+    grant: Any
 
 
 @cache
@@ -770,6 +830,21 @@ def _statements(dialect: str) -> _Statements:
         ).returning(*returning)
 
     series, study = cast(Table, Series.__table__), cast(Table, Study.__table__)
+    access = cast(Table, StudyAccess.__table__)
+    held = select(access.c.study_pk).where(access.c.study_pk == bindparam("study")).exists()
+    grant = (
+        dialect_insert(access)
+        .from_select(
+            ["study_pk", "institution_pk", "relation", "created_at"],
+            select(
+                bindparam("study"),
+                bindparam("inst"),
+                case((held, literal("holder")), else_=literal("owner")),
+                bindparam("at"),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=["study_pk", "institution_pk"])
+    )
     identity = (
         select(Patient.patient_id, Patient.issuer, Study.study_uid, Series.series_uid)
         .select_from(Instance)
@@ -797,6 +872,7 @@ def _statements(dialect: str) -> _Statements:
             size_bytes=study.c.size_bytes + bindparam("size"),
             updated_at=bindparam("at"),
         ),
+        grant=grant,
     )
 
 

@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from cloudfilm.access.cli import apikeys_app, institutions_app, users_app
 from cloudfilm.archive import Archive
+from cloudfilm.audit.cli import audit_app
+from cloudfilm.cli_options import DataDir, JsonOut
 from cloudfilm.core import logs
 from cloudfilm.core.config import Settings, load_settings
 from cloudfilm.core.errors import CloudFilmError
@@ -34,24 +37,20 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(institutions_app, name="institutions")
+app.add_typer(users_app, name="users")
+app.add_typer(apikeys_app, name="apikeys")
 app.add_typer(peers_app, name="peers")
 app.command("dimse")(dimse_command)
 app.command("send")(send_command)
 app.add_typer(queue_app, name="queue")
 app.add_typer(shares_app, name="shares")
+app.add_typer(audit_app, name="audit")
 app.command("share")(share_command)
 app.command("film")(film_command)
 
 console = Console()
 err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data folder (default: CLOUDFILM_DATA_DIR or ./cloudfilm-data)."
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
 def _settings(data_dir: Path | None, **extra: Any) -> Settings:
@@ -81,11 +80,23 @@ def import_(
         bool, typer.Option("--allow-rejected", help="Exit 0 even when files were rejected.")
     ] = False,
     json_out: JsonOut = False,
+    institution: Annotated[
+        str | None,
+        typer.Option("--institution", help="Code of the institution the studies belong to."),
+    ] = None,
 ) -> None:
     """Import DICOM files into the archive and print a summary."""
+    from cloudfilm.access.visibility import institution_pk_of
     from cloudfilm.importer import ImportReport, collect, import_items
 
     archive = _open(data_dir)
+    institution_pk = institution_pk_of(archive, institution) if institution else None
+    if institution and institution_pk is None:
+        err.print(
+            f"[red]no institution {institution!r}; add it with 'cloudfilm institutions add'[/red]"
+        )
+        archive.close()
+        raise typer.Exit(2)
     report = ImportReport()
     try:
         items = list(collect(paths))
@@ -103,7 +114,9 @@ def import_(
         disable=json_out or not err.is_terminal,
     ) as progress:
         task = progress.add_task("import", total=total)
-        import_items(archive, iter(items), report, lambda n: progress.advance(task, n))
+        import_items(
+            archive, iter(items), report, lambda n: progress.advance(task, n), institution_pk
+        )
     report.seconds = time.perf_counter() - start
     archive.close()
     _print_import(report, json_out)

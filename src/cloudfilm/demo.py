@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from cloudfilm.viewer.report import person_name
 
 logger = logging.getLogger(__name__)
 
-#: ``created_by`` of the demo's cloud films.
+#: ``created_by`` of the demo's cloud films (and the label of its API key).
 DEMO_CREATOR = "demo"
+#: The demo's hospital and its admin user.
+DEMO_INSTITUTION = "demo-hospital"
+DEMO_ADMIN = "demo-admin"
 #: (modality, slices or frames, charset, seed): one study per line, names in each charset.
 DEMO_STUDIES = (
     ("CT", 120, "gb18030", 1),
@@ -34,6 +38,7 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
 
     source = settings.data_dir / "demo-source"
     with Archive.open(settings) as archive:
+        institution, password, key = demo_accounts(archive)
         with archive.sessions() as session:
             existing = find_studies(session, StudyQuery(limit=1))
         if not existing:
@@ -43,7 +48,9 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
                     source / modality.lower(), seed=seed, modality=modality, slices=slices,
                     charset=charset,
                 )  # fmt: skip
-            report = import_items(archive, collect([source]), ImportReport())
+            report = import_items(
+                archive, collect([source]), ImportReport(), institution=institution
+            )
             console.print(f"imported {report.counts['stored']} instances")
         with archive.sessions() as session:
             studies = find_studies(session, StudyQuery(limit=50))
@@ -60,11 +67,38 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
         lines.append(f"  {film.patient}: {film.link}  access code {film.code}")
     lines += [
         f"staff page (find studies, issue and revoke cloud films): {base}/staff/",
+        f"  staff sign-in (as in production): {base}/staff/signin  user {DEMO_ADMIN}  "
+        f"password {password}",
+        f"API key (DICOMweb as hospital {DEMO_INSTITUTION}): curl -H 'Authorization: Bearer "
+        f"{key}' {base}/dicomweb/studies",
         f"open {base}/health and {base}/metrics",
         "list studies: cloudfilm studies --data-dir " + str(settings.data_dir),
         "",
     ]
     return lines
+
+
+def demo_accounts(archive: Archive) -> tuple[int, str, str]:
+    """The demo hospital, its admin (a new password each start) and a new API key (earlier
+    demo keys revoked): the institution's key, the password and the key to print."""
+    from cloudfilm.access.accounts import Accounts
+    from cloudfilm.core.errors import NotFound
+
+    accounts = Accounts(archive)
+    try:
+        institution = accounts.institution(DEMO_INSTITUTION)
+    except NotFound:
+        institution = accounts.add_institution(DEMO_INSTITUTION, "云胶片示范医院 Demo Hospital")
+    password = secrets.token_urlsafe(12)
+    try:
+        accounts.set_password(DEMO_ADMIN, password)
+    except NotFound:
+        accounts.create_user(DEMO_ADMIN, password, "admin", DEMO_INSTITUTION, "示范管理员")
+    for old in accounts.api_keys():
+        if old.label == DEMO_CREATOR and old.revoked_at is None:
+            accounts.revoke_api_key(old.key_id)
+    _, key = accounts.create_api_key(DEMO_INSTITUTION, "technologist", DEMO_CREATOR, "demo")
+    return institution.pk, password, key
 
 
 def demo_settings(settings: Settings) -> Settings:

@@ -148,15 +148,17 @@ def import_items(
     items: Iterator[ImportItem | tuple[str, str]],
     report: ImportReport,
     progress: Callable[[int], None] | None = None,
+    institution: int | None = None,
 ) -> ImportReport:
-    """Store each item, adding its outcome to ``report``."""
+    """Store each item, adding its outcome to ``report``; ``institution`` (a key) owns or
+    holds the studies imported (see ``Archive.store``)."""
     for item in items:
         if isinstance(item, tuple):
             report.skipped.append(item)
             continue
         try:
             with item.opener() as fp:
-                result = archive.store(fp, source="import")
+                result = archive.store(fp, source="import", institution=institution)
         except OSError as exc:
             report.problems.append((item.label, "rejected", f"cannot read: {exc}"))
             report.counts["rejected"] += 1

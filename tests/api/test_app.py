@@ -60,4 +60,5 @@ def test_production_refuses_the_development_principal(archive: Archive) -> None:
 
     with TestClient(app) as client:
         response = client.get("/probe")
-    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert response.headers["www-authenticate"] == 'Bearer realm="cloudfilm"'

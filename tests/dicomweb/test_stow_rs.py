@@ -211,8 +211,9 @@ def test_unacceptable_answer_type_is_406(live_server: LiveServer) -> None:
 def test_production_refuses_the_development_principal(serve: object) -> None:
     server: LiveServer = serve(env="production", secret_key="s" * 40)  # type: ignore[operator]
     response = stow_raw(server.url, [part10(make_dataset())])
-    assert response.status_code == 403
-    assert requests.get(f"{server.url}/studies", timeout=30).status_code == 403
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert requests.get(f"{server.url}/studies", timeout=30).status_code == 401
 
 
 def test_large_part_is_spooled_and_stored(serve: object, archive: Archive) -> None:

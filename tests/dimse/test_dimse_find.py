@@ -357,3 +357,21 @@ def test_findscu_cancel_option(
                          "SOPInstanceUID=", extra=("--cancel", "3"))  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert 3 <= len(found) < 9
+
+
+def test_queries_are_audited(
+    dcmtk: Dcmtk, dimse: DimseServer, stored: Stored, tmp_path: Path, archive: Archive
+) -> None:
+    from sqlalchemy import select
+
+    from cloudfilm.audit import trail_for
+    from cloudfilm.index.models import AuditEvent
+
+    out, found = findscu(dcmtk, dimse, tmp_path, "-S", "QueryRetrieveLevel=STUDY",
+                         "PatientID=P001", "StudyInstanceUID=")  # fmt: skip
+    assert out.returncode == 0 and len(found) == 2
+    assert trail_for(archive).flush(timeout=30)
+    with archive.sessions() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.action == "query")).all()
+        seen = [(r.actor_kind, r.actor_id, r.patient_id, r.outcome, r.detail) for r in rows]
+    assert ("peer", "FINDSCU", "P001", "success", "C-FIND STUDY: 2 matches") in seen

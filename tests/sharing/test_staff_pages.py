@@ -248,14 +248,18 @@ def test_forms_without_a_valid_csrf_token_are_refused(
 
 
 def test_staff_pages_are_refused_to_non_staff(serve: Callable[..., ThreadServer]) -> None:
+    """In production, a browser that is not signed in is sent to the sign-in page (signed-in
+    users of other roles: tests/access/test_signin_pages.py)."""
     server = serve(env="production", secret_key="p" * 40)
     for path in ("/staff/", "/staff/shares", "/staff/issue", "/staff/studies/1.2.3"):
         refused = httpx.get(f"{server.origin}{path}", headers=EN, timeout=30)
-        assert refused.status_code == 403, path
-        assert "text/html" in refused.headers["content-type"]
-        assert "Not allowed" in refused.text
-    posted = httpx.post(f"{server.origin}/staff/shares", data={"study_uid": "1.2"}, timeout=30)
-    assert posted.status_code == 403
+        assert refused.status_code == 303, path
+        assert refused.headers["location"] == f"/staff/signin?next={quote(path, safe='')}"
+    form = {"study_uid": "1.2"}
+    posted = httpx.post(f"{server.origin}/staff/shares", data=form, headers=EN, timeout=30)
+    assert posted.status_code == 401
+    assert "text/html" in posted.headers["content-type"]
+    assert "Please sign in" in posted.text
 
 
 HOSTILE_GETS = [

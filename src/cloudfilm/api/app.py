@@ -12,9 +12,12 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from cloudfilm import __version__
+from cloudfilm.access.pages import signin_router
+from cloudfilm.api.audit import AuditMiddleware
 from cloudfilm.api.deps import ArchiveDep
 from cloudfilm.api.metrics import LatencyHistogram, LatencyMiddleware, render_counters
 from cloudfilm.archive import Archive
+from cloudfilm.audit import close_trail
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
@@ -38,6 +41,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         try:
             yield
         finally:
+            close_trail(app.state.archive, timeout=30)  # what was recorded reaches the index
             if owned:
                 app.state.archive.close()
 
@@ -47,11 +51,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     if archive is not None:
         app.state.archive = archive
 
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(LatencyMiddleware, histogram=app.state.latency)
 
     @app.exception_handler(CloudFilmError)
     async def _cloudfilm_error(_request: Request, exc: CloudFilmError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
+        headers = {"WWW-Authenticate": 'Bearer realm="cloudfilm"'} if exc.status == 401 else None
+        body = {"error": exc.code, "detail": exc.message}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.get("/health")
     def health(archive: ArchiveDep) -> JSONResponse:
@@ -83,6 +90,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         )
 
     app.include_router(build_dicomweb_router(settings))
+    app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
     add_share_routes(app, settings)
     app.include_router(downloads.router)
     app.include_router(downloads.share_router, prefix="/s/{token}")

@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         20, ge=1, le=1000,
         description="wrong codes, over all shares, that lock one client address out for a while",
     )  # fmt: skip
+    signin_lockout_failures: int = Field(
+        5, ge=1, le=100,
+        description="wrong passwords that lock a staff username out for share_lockout_minutes",
+    )  # fmt: skip
+    staff_session_hours: int = Field(
+        10, ge=1, le=24 * 30, description="how long a staff sign-in lasts, in hours"
+    )
     share_lockout_minutes: int = Field(
         15, ge=1, le=7 * 24 * 60, description="how long a share or client stays locked, in minutes"
     )
@@ -261,6 +268,15 @@ class Settings(BaseSettings):
     )
     film_default_orientation: Literal["PORTRAIT", "LANDSCAPE"] = Field(
         "PORTRAIT", description="film orientation of a sheet when none is asked"
+    )
+    audit_flush_seconds: float = Field(
+        0.5, gt=0, le=60, description="longest wait before recorded audit events are written"
+    )
+    audit_head_seconds: float = Field(
+        5.0, ge=0, le=3600, description="shortest interval between two lines of the audit head"
+    )
+    audit_head_path: Path | None = Field(
+        None, description="append-only file of audit chain heads; default data_dir/audit/head.log"
     )
 
     _dimse_ae = field_validator("dimse_ae_title")(check_ae_title)
@@ -314,6 +330,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def audit_head_file(self) -> Path:
+        """Where the audit chain's head is appended (``audit_head_path`` or its default)."""
+        return self.audit_head_path or self.data_dir / "audit" / "head.log"
 
     @property
     def blob_dir(self) -> Path:

@@ -36,6 +36,10 @@ ALLOWED_HEADERS = (
 ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
 
 
+#: The challenge of a 401 (RFC 9110 11.6.1): an API key as a Bearer token (RFC 6750).
+CHALLENGE = 'Bearer realm="cloudfilm"'
+
+
 def problem(status: int, detail: str, code: str | None = None, **extra: Any) -> JSONResponse:
     """A JSON problem body (RFC 9457) for ``status``."""
     try:
@@ -50,7 +54,8 @@ def problem(status: int, detail: str, code: str | None = None, **extra: Any) -> 
         "error": code or title.lower().replace(" ", "-"),
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    headers = {"WWW-Authenticate": CHALLENGE} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def problem_for(exc: CloudFilmError) -> JSONResponse:

@@ -130,6 +130,7 @@ def _store_part(
     study_uid: str | None,
     in_memory: bool,
     turn: StoreTurn,
+    institution: int | None = None,
 ) -> StoreResult:
     """Store one spooled part (in a worker thread); never raises."""
     try:
@@ -147,7 +148,7 @@ def _store_part(
                 return mismatch
             spool.seek(0)
         data: bytes | IO[bytes] = spool.read() if in_memory else spool
-        result = archive.store(cast(Any, data), source="stow", turn=turn)
+        result = archive.store(cast(Any, data), source="stow", turn=turn, institution=institution)
         if archive.settings.dimse_routes:  # forward per the routing rules (docs/dimse.md)
             from cloudfilm.dimse.routing import route_stored
 
@@ -207,8 +208,15 @@ def _study_mismatch(spool: IO[bytes], study_uid: str) -> StoreResult | None:
 class _Receiver:
     """Reads the parts of one request and keeps up to ``MAX_PENDING_STORES`` stores running."""
 
-    def __init__(self, archive: Archive, settings: Settings, study_uid: str | None) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        study_uid: str | None,
+        institution: int | None = None,
+    ) -> None:
         self.archive = archive
+        self.institution = institution
         self.settings = settings
         self.study_uid = study_uid
         self.results: list[StoreResult] = []
@@ -265,8 +273,9 @@ class _Receiver:
             self.results.append(await self.pending.pop(0))
         self.turn = StoreTurn(self.turn)
         job = anyio.to_thread.run_sync(
-            _store_part, self.archive, spool, self.part_type, self.study_uid, in_memory, self.turn
-        )
+            _store_part, self.archive, spool, self.part_type, self.study_uid, in_memory,
+            self.turn, self.institution,
+        )  # fmt: skip
         self.pending.append(asyncio.ensure_future(job))
 
     async def _drain(self, cancel: bool = False) -> None:
@@ -294,12 +303,12 @@ async def store_instances(
     """Handle ``POST /studies`` and ``POST /studies/{study}``."""
     if not principal.can_store():
         raise Forbidden("this caller may not store instances")
-    if study_uid is not None and not principal.can_view_study(study_uid):
-        raise Forbidden(f"not allowed to store into study {study_uid}")
+    # Storing into a study the caller cannot see is refused per instance by the archive
+    # (a conflict that reveals nothing of the study); a new study UID is simply created.
     boundary = _check_media_type(request)
     media_type = response_media_type(request.headers.get("accept"))
     _check_length(request, settings)
-    receiver = _Receiver(archive, settings, study_uid)
+    receiver = _Receiver(archive, settings, study_uid, principal.institution_pk)
     try:
         await receiver.receive(request.stream(), boundary)
     except TooLarge as exc:

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloudfilm.cli_options import DataDir
+
 if TYPE_CHECKING:
     from cloudfilm.archive import Archive
     from cloudfilm.core.config import Settings
@@ -29,13 +31,6 @@ peers_app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data folder (default: CLOUDFILM_DATA_DIR or ./cloudfilm-data)."
-    ),
-]
 
 
 def _open(data_dir: Path | None) -> Archive:

@@ -45,7 +45,7 @@ from cloudfilm.core.errors import InvalidQuery
 from cloudfilm.dicom.charset import TEXT_VRS
 from cloudfilm.dimse import dispatch, status
 from cloudfilm.dimse.peers import Permission
-from cloudfilm.dimse.principal import DimsePrincipal
+from cloudfilm.dimse.principal import DimsePrincipal, audit
 from cloudfilm.index.matching import SUPPORTED_KEYS, Level, query_rows
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def handle_find(
     """The C-FIND-RSP stream for one request; never raises (failure 0xC311 instead)."""
     try:
         if principal is None or not principal.can(Permission.QUERY):
+            audit(archive, principal, "query", "denied", detail="C-FIND")
             yield status.status_dataset(status.NOT_AUTHORIZED, "this AE may not query"), None
             return
         query = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
@@ -192,6 +193,12 @@ def _matches(
         yield status.status_dataset(status.HANDLER_FAILED["C-FIND"], f"failed: {exc}"), None
         return
     logger.info("C-FIND %s from %s: %d matches", query.level.value, principal, count)
+    study = str(query.keys.get("StudyInstanceUID") or "")
+    audit(
+        archive, principal, "query", "success", study_uid=study if "\\" not in study else "",
+        patient_id=str(query.keys.get("PatientID") or "")[:64],
+        detail=f"C-FIND {query.level.value}: {count} matches",
+    )  # fmt: skip
 
 
 def _visible(principal: DimsePrincipal, level: Level, row: dict[str, Any]) -> bool:

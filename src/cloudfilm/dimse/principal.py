@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from cloudfilm.dimse.peers import Peer, PeerDirectory, Permission
 
@@ -78,3 +79,33 @@ def admit(
     if accept_unknown_storage:
         return Admission(DimsePrincipal(title, address, None))
     return Admission(None, f"calling AE title {title!r} is not a known peer")
+
+
+def audit(
+    archive: Any,
+    principal: DimsePrincipal | None,
+    action: str,
+    outcome: str,
+    *,
+    study_uid: str = "",
+    patient_id: str = "",
+    detail: str = "",
+) -> None:
+    """Record a DIMSE operation in the audit trail (the actor is the calling AE at its
+    address; an unknown or refused caller is ``anonymous``)."""
+    from cloudfilm.audit import AuditRecord, trail_for
+
+    trail_for(archive).record(
+        AuditRecord(
+            action=action,
+            outcome=outcome,
+            actor_kind="peer" if principal is not None and principal.peer else "anonymous",
+            actor_id=principal.calling_ae if principal is not None else "",
+            institution=principal.institution if principal is not None else "",
+            address=principal.address if principal is not None else "",
+            agent="DIMSE",
+            study_uid=study_uid,
+            patient_id=patient_id,
+            detail=detail,
+        )
+    )

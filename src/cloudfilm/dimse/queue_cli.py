@@ -27,6 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cloudfilm.cli_options import DataDir, JsonOut
+
 if TYPE_CHECKING:
     from cloudfilm.archive import Archive
     from cloudfilm.dimse.scu import SendOutcome
@@ -34,13 +36,6 @@ if TYPE_CHECKING:
 console = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data folder (default: CLOUDFILM_DATA_DIR or ./cloudfilm-data)."
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 _UID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 
 

@@ -43,7 +43,7 @@ from cloudfilm.archive import Archive
 from cloudfilm.core.errors import InvalidQuery
 from cloudfilm.dimse import dispatch, status
 from cloudfilm.dimse.peers import Peer, Permission
-from cloudfilm.dimse.principal import DimsePrincipal
+from cloudfilm.dimse.principal import DimsePrincipal, audit
 from cloudfilm.dimse.scu import (
     CannotAssociate,
     CannotSend,
@@ -148,6 +148,7 @@ class _Retrieval:
         self.move = move
         self.operation = "C-MOVE" if move else "C-GET"
         self.principal = owner.principal_of(service.assoc)
+        self._studies: set[str] = set()
 
     def run(self) -> None:
         """Answer the request; never raises (0xC411/0xC511 if something breaks)."""
@@ -159,6 +160,8 @@ class _Retrieval:
                 self._get(instances)
         except _Refused as refused:
             logger.info("%s from %s refused: %s", self.operation, self.principal, refused.comment)
+            outcome = "denied" if refused.code == status.NOT_AUTHORIZED else "failure"
+            audit(self.owner.archive, self.principal, "retrieve", outcome, detail=self.operation)
             self._respond(refused.code, None, comment=refused.comment)
         except Exception as exc:
             logger.exception("%s failed", self.operation)
@@ -192,6 +195,7 @@ class _Retrieval:
         for uid in {i.study_uid for i in found}:
             visible[uid] = principal.can_view_study(uid)
         instances = [i for i in found if visible[i.study_uid]]
+        self._studies = {i.study_uid for i in instances}
         if len(instances) > MAX_SUBOPERATIONS:
             raise _Refused(
                 status.UNABLE_TO_CALCULATE_MATCHES,
@@ -290,6 +294,14 @@ class _Retrieval:
             counts.failed,
             counts.warning,
         )
+        studies = sorted(self._studies)
+        audit(
+            self.owner.archive, self.principal, "retrieve",
+            "success" if not counts.failed else "failure",
+            study_uid=studies[0] if len(studies) == 1 else "",
+            detail=f"{self.operation}: {counts.completed} completed, {counts.failed} failed, "
+            f"{counts.warning} warning" + (f", {len(studies)} studies" if len(studies) > 1 else ""),
+        )  # fmt: skip
 
     def _respond(
         self,

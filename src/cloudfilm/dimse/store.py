@@ -18,10 +18,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from cloudfilm.access.visibility import institution_pk_of
 from cloudfilm.archive import Archive, StoreResult
 from cloudfilm.dimse import status
 from cloudfilm.dimse.peers import Permission
-from cloudfilm.dimse.principal import DimsePrincipal
+from cloudfilm.dimse.principal import DimsePrincipal, audit
 from cloudfilm.dimse.routing import route_stored
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def handle_store(event: Any, archive: Archive, principal: DimsePrincipal | None)
     """
     try:
         if principal is None or not principal.can(Permission.STORE):
+            audit(archive, principal, "store", "denied", detail="C-STORE")
             return status.status_dataset(status.NOT_AUTHORIZED, "this AE may not store here")
         request = event.request
         calling_ae = principal.calling_ae
@@ -47,7 +49,13 @@ def handle_store(event: Any, archive: Archive, principal: DimsePrincipal | None)
                 transfer_syntax=str(event.context.transfer_syntax),
                 source=f"dimse:{calling_ae}"[:100],
                 source_ae=calling_ae,
+                institution=institution_pk_of(archive, principal.institution),
             )
+        audit(
+            archive, principal, "store", "success" if result.ok else "failure",
+            study_uid=result.study_uid or "",
+            detail=f"C-STORE {result.status.value} {result.sop_instance_uid or ''}",
+        )  # fmt: skip
         # Queued before the response: an acknowledged instance is also queued for forwarding.
         route_stored(archive, result, origin="dimse", calling_ae=calling_ae)
         return _answer(result, str(request.AffectedSOPClassUID or ""), principal)

@@ -16,17 +16,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from cloudfilm.cli_options import DataDir
+
 __all__ = ["film_command"]
 
 console = Console()
 err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data folder (default: CLOUDFILM_DATA_DIR or ./cloudfilm-data)."
-    ),
-]
 
 
 def _fail(message: str, code: int) -> typer.Exit:

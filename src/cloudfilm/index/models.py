@@ -356,3 +356,115 @@ class AutoShare(DurableJob, Base):
     #: ``issued`` (a new share), ``resolved`` (a share issued by accession number before the
     #: images arrived) or ``existing`` (a share staff had already issued for the study).
     outcome: Mapped[str] = mapped_column(String(16), default="")
+
+
+# ------------------------------------------------------------------ institutions and people
+
+
+class Institution(Base):
+    """A hospital (or other owner of studies) on the platform (see docs/access.md)."""
+
+    __tablename__ = "institution"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Short, stable name used in the CLI, the config and DIMSE peers (e.g. ``hosp-a``).
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudyAccess(Base):
+    """An institution that may see a study: the one whose AE, API client or import brought it
+    in (``owner``), and those that sent the same data later (``holder``)."""
+
+    __tablename__ = "study_access"
+
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("study.pk", ondelete="CASCADE"), primary_key=True
+    )
+    institution_pk: Mapped[int] = mapped_column(
+        ForeignKey("institution.pk", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: ``owner`` or ``holder``.
+    relation: Mapped[str] = mapped_column(String(16), default="owner")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserAccount(Base):
+    """A person who signs in to the staff pages (see ``cloudfilm.access.accounts``)."""
+
+    __tablename__ = "user_account"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    #: None only for platform administrators.
+    institution_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("institution.pk", ondelete="RESTRICT"), index=True
+    )
+    #: ``platform-admin``, ``admin``, ``technologist``, ``radiologist`` or ``referring``.
+    role: Mapped[str] = mapped_column(String(32))
+    #: argon2id hash of the password.
+    password_hash: Mapped[str] = mapped_column(String(200))
+    #: Bumped when the password changes: sessions signed with an older value end.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """A machine client's key (RIS, PACS, scripts): ``cfk_<key_id>_<secret>``, shown once.
+
+    Only an HMAC-SHA256 of the secret under the server key is kept.
+    """
+
+    __tablename__ = "api_key"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Public part of the key (12 hex characters), for look-up and listing.
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hmac: Mapped[str] = mapped_column(String(64))
+    institution_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("institution.pk", ondelete="RESTRICT"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One row of the append-only audit trail (see ``cloudfilm.audit``).
+
+    ``hash`` is SHA-256 over the previous row's hash and this row's canonical content, so a
+    changed, removed or reordered row breaks the chain (``cloudfilm audit verify``).
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_actor", "actor_kind", "actor_id"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: ``user``, ``apikey``, ``share``, ``peer``, ``development``, ``cli``, ``system`` or
+    #: ``anonymous``.
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(200), default="")
+    #: Code of the actor's institution, '' when none.
+    institution: Mapped[str] = mapped_column(String(64), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    agent: Mapped[str] = mapped_column(String(400), default="")
+    #: e.g. ``sign-in``, ``view``, ``query``, ``retrieve``, ``download``, ``store``, ``delete``,
+    #: ``share-create``, ``share-open``, ``share-revoke``.
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    #: ``success``, ``denied`` or ``failure``.
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    #: Free text (route template, status code, counts); never a token or password.
+    detail: Mapped[str] = mapped_column(String(1000), default="")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

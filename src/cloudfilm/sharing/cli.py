@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloudfilm.cli_options import DataDir, JsonOut
+
 if TYPE_CHECKING:
     from cloudfilm.sharing.links import ShareLinks
 
@@ -22,13 +24,6 @@ shares_app = typer.Typer(help="Cloud film links: list, show, revoke, renew.", no
 console = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data folder (default: CLOUDFILM_DATA_DIR or ./cloudfilm-data)."
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 CHECKS = ("birth-date", "id-suffix")
 
 

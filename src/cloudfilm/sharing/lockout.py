@@ -15,7 +15,7 @@ client's loses the one count.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -76,11 +76,17 @@ class Lockout:
         minutes: int,
         *,
         client_failures: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        cleared: Collection[str] = (SHARE,),
     ) -> None:
         self.engine = engine
         self.sessions = sessions
         self.max_failures = max_failures
+        #: The limit of each scope (other counters, such as sign-in's, add their own).
         self.limits = {SHARE: max_failures, CLIENT: client_failures or max_failures}
+        self.limits.update(limits or {})
+        #: Scopes whose counter a right answer clears (the others only get their count back).
+        self.cleared = frozenset(cleared)
         self.period = timedelta(minutes=minutes)
 
     def check(self, subjects: list[Subject], now: datetime) -> Verdict:
@@ -110,12 +116,13 @@ class Lockout:
             return True, self._verdict(rows, now)
 
     def passed(self, subjects: list[Subject], now: datetime) -> None:
-        """Give back the count of a reserved attempt whose answer was right: the share's
-        counter is cleared, the client's loses one count (and a lock this attempt set)."""
+        """Give back the count of a reserved attempt whose answer was right: the counters of
+        the ``cleared`` scopes (the share's, a username's) are cleared, the client's loses one
+        count (and a lock this attempt set)."""
         ordered = sorted(set(subjects))
         with self.sessions.begin() as session:
             for row in self._held_rows(session, ordered, now):
-                if row.scope == SHARE:
+                if row.scope in self.cleared:
                     session.delete(row)
                     continue
                 row.failures = max(row.failures - 1, 0)

@@ -10,7 +10,9 @@
 - ``GET /staff/shares``: cloud films with filters; ``POST /staff/shares/{id}/revoke``.
 
 Every route takes the caller's principal and requires ``can_manage_shares()``
-(:func:`require_staff`, the hook where issue 6's sign-in goes). Every POST carries a CSRF
+(:func:`require_staff`). A browser without a credential (outside development) asking for a
+page is sent to the sign-in page (``cloudfilm.access.pages``, :meth:`StaffRoute`), which
+brings it back here afterwards. Every POST carries a CSRF
 token (:mod:`cloudfilm.sharing.csrf`). Every error — a malformed parameter, a missing study,
 a refused form — is a page in the reader's language with its HTTP status, never a 500.
 The pages are server-rendered and work without script; ``staff.js`` only adds a confirmation
@@ -32,9 +34,16 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import select, tuple_
 
-from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep
+from cloudfilm.access.principals import accounts_for
+from cloudfilm.api.deps import STAFF_COOKIE, ArchiveDep, Principal, PrincipalDep
 from cloudfilm.archive import Archive
-from cloudfilm.core.errors import CloudFilmError, Forbidden, MalformedRequest, NotFound
+from cloudfilm.core.errors import (
+    CloudFilmError,
+    Forbidden,
+    MalformedRequest,
+    NotFound,
+    Unauthorized,
+)
 from cloudfilm.index.models import Patient, Study
 from cloudfilm.index.queries import StudySummary, find_studies, study_detail
 from cloudfilm.sharing.csrf import (
@@ -73,13 +82,22 @@ from cloudfilm.web.templates import render_page
 FORM_LIMIT = 16384
 #: Most cloud films listed on a study's page.
 STUDY_SHARES = 200
-_ERROR_KEYS = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict",
-               410: "gone", 413: "too_large", 415: "bad_request"}  # fmt: skip
+_ERROR_KEYS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               409: "conflict", 410: "gone", 413: "too_large", 415: "bad_request"}  # fmt: skip
+#: Where a browser signs in (under the application's root path).
+SIGNIN_PATH = "/staff/signin"
 
 
 class StaffRoute(APIRoute):
     """A route whose errors — from its dependencies (the principal), its parameters or its
-    body — are answered with the staff error page instead of JSON."""
+    body — are answered with the staff error page instead of JSON.
+
+    A browser that is not signed in (``Unauthorized`` from the principal, no ``Authorization``
+    header) and asks for a page (GET/HEAD) is sent to the sign-in page with ``next`` set to
+    the page it wanted; a form posted without a session gets the 401 page (its body would be
+    lost in a redirect anyway). The error page is rendered in a worker thread: its header
+    looks the signed-in user up in the index.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -87,23 +105,46 @@ class StaffRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
+            except Unauthorized as exc:
+                if request.method in ("GET", "HEAD") and "authorization" not in request.headers:
+                    return signin_redirect(request)
+                return await run_in_threadpool(error_page, request, exc)
             except CloudFilmError as exc:
-                return error_page(request, exc)
+                return await run_in_threadpool(error_page, request, exc)
             except RequestValidationError:
-                return error_page(request, MalformedRequest("a parameter of this page is invalid"))
+                invalid = MalformedRequest("a parameter of this page is invalid")
+                return await run_in_threadpool(error_page, request, invalid)
 
         return guarded
+
+
+def signin_redirect(request: Request) -> Response:
+    """303 to the sign-in page, which comes back to this page afterwards. A session cookie
+    that no longer signs in (expired, ended by a password change, forged) is cleared."""
+    wanted = request.url.path
+    if request.url.query:
+        wanted = f"{wanted}?{request.url.query}"
+    target = f"{_root(request)}{SIGNIN_PATH}?{urlencode({'next': wanted})}"
+    response = RedirectResponse(target, status_code=303)
+    if STAFF_COOKIE in request.cookies:
+        response.delete_cookie(
+            STAFF_COOKIE, path=f"{_root(request)}/", secure=request.url.scheme == "https",
+            httponly=True, samesite="strict",
+        )  # fmt: skip
+    return response
 
 
 router = APIRouter(prefix="/staff", route_class=StaffRoute, include_in_schema=False)
 
 
 def require_staff(principal: Principal) -> Principal:
-    """The caller, when it may manage cloud films; else 403.
+    """The caller, when it may manage cloud films (a signed-in user whose role has
+    ``shares``, or the development principal); else 403.
 
-    This is the hook of staff sign-in. Today the only such principal is the development one
-    (``cloudfilm.api.deps.resolve_principal``); issue 6 brings staff accounts, and an anonymous
-    caller is then to be sent to the sign-in page from here instead of getting this 403.
+    A caller without any credential never gets here in production: resolving the principal
+    raised ``Unauthorized``, which :class:`StaffRoute` turns into the sign-in redirect. A
+    signed-in user whose role may not manage cloud films (a referring doctor) gets the 403
+    page, whose header still offers to sign out.
     """
     if not principal.can_manage_shares():
         raise Forbidden("only hospital staff may use these pages")
@@ -127,11 +168,30 @@ def csrf_keys(request: Request) -> CsrfKeys:
     return keys
 
 
-def _render(
+def signed_in_user(request: Request) -> dict[str, str] | None:
+    """What the header shows of the signed-in user (name, username, institution), or None
+    when the page's caller is not a user (not signed in, development, an API key). Called
+    from a worker thread: it reads the index."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None or principal.kind != "user":
+        return None
+    try:
+        user = accounts_for(request).user(principal.id)
+    except NotFound:
+        return None
+    inst = user.institution
+    return {
+        "name": user.display_name or user.username,
+        "username": user.username,
+        "institution": (inst.name or inst.code) if inst else "",
+    }
+
+
+def render_staff(
     request: Request, template: str, context: dict[str, Any], status: int = 200
 ) -> Response:
-    """A staff page: ``root`` and ``csrf(purpose)`` for its forms; the CSRF cookie when the
-    browser has none yet."""
+    """A staff page: ``root`` and ``csrf(purpose)`` for its forms, ``staff_user`` for the
+    header (:func:`signed_in_user`); the CSRF cookie when the browser has none yet."""
     nonce = cookie_nonce(request)
     fresh = nonce is None
     if nonce is None:
@@ -141,6 +201,7 @@ def _render(
         "root": _root(request),
         "csrf_field": CSRF_FIELD,
         "csrf": lambda purpose: keys.token(used, purpose),
+        "staff_user": signed_in_user(request),
         **context,
     }
     response = render_page(request, template, values, status_code=status)
@@ -153,7 +214,7 @@ def error_page(request: Request, exc: CloudFilmError) -> Response:
     """The staff error page for ``exc``, with its status."""
     kind = "csrf" if isinstance(exc, CsrfRefused) else _ERROR_KEYS.get(exc.status, "error")
     context = {"error_kind": kind, "detail": exc.message}
-    return _render(request, "staff_error.html", context, exc.status)
+    return render_staff(request, "staff_error.html", context, exc.status)
 
 
 def _text_time(value: datetime | None) -> str:
@@ -273,7 +334,8 @@ def search_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
         search = parse_search(params)
     except MalformedRequest as exc:
         raw = {k: params.get(k, "")[:200] for k in ("name", "patient_id", "accession")}
-        return _render(request, "staff_search.html", {"values": raw, "error": exc.message}, 400)
+        failed = {"values": raw, "error": exc.message}
+        return render_staff(request, "staff_search.html", failed, 400)
     with archive.sessions() as session:
         found = find_studies(session, search.query)
     kept = {k: v for k, v in search.values.items() if v}
@@ -287,7 +349,7 @@ def search_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
         if len(found) > PAGE_SIZE
         else None,
     }
-    return _render(request, "staff_search.html", context)
+    return render_staff(request, "staff_search.html", context)
 
 
 def _page_url(request: Request, path: str, values: dict[str, str], page: int) -> str | None:
@@ -331,7 +393,7 @@ def _study(
         "error": error,
         **_issue_form(values),
     }
-    return _render(request, "staff_study.html", context, status)
+    return render_staff(request, "staff_study.html", context, status)
 
 
 def _study_shares(links: ShareLinks, detail: StudySummary, now: datetime) -> list[ShareInfo]:
@@ -352,7 +414,7 @@ def _study_shares(links: ShareLinks, detail: StudySummary, now: datetime) -> lis
 def accession_page(request: Request, principal: PrincipalDep) -> Response:
     """Issue a cloud film by accession number, before the images arrive."""
     require_staff(principal)
-    return _render(request, "staff_accession.html", _issue_form())
+    return render_staff(request, "staff_accession.html", _issue_form())
 
 
 @router.post("/shares")
@@ -384,7 +446,7 @@ def _issue(
         if len(info.study_uids) == 1
         else f"{root}/staff/shares?{urlencode({'accession': info.accession_number or ''})}",
     }
-    return _render(request, "staff_issued.html", context, 201)
+    return render_staff(request, "staff_issued.html", context, 201)
 
 
 def _form_again(
@@ -402,7 +464,7 @@ def _form_again(
         except CloudFilmError:
             pass  # an unknown or malformed study: say so on the accession form
     context = {**_issue_form(values), "error": exc.message}
-    return _render(request, "staff_accession.html", context, exc.status)
+    return render_staff(request, "staff_accession.html", context, exc.status)
 
 
 @router.get("/shares")
@@ -415,7 +477,7 @@ def shares_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
     except MalformedRequest as exc:
         states = [s.value for s in ShareState]
         failed: dict[str, Any] = {"values": {}, "shares": [], "error": exc.message}
-        return _render(request, "staff_shares.html", {**failed, "states": states}, 400)
+        return render_staff(request, "staff_shares.html", {**failed, "states": states}, 400)
     now = utcnow()
     found = links_for(request).list(filters, now)
     kept = {k: v for k, v in values.items() if v}
@@ -431,7 +493,7 @@ def shares_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
         if len(found) > PAGE_SIZE
         else None,
     }
-    return _render(request, "staff_shares.html", context)
+    return render_staff(request, "staff_shares.html", context)
 
 
 @router.post("/shares/{share_id}/revoke")

@@ -1,0 +1,61 @@
+"""Which studies an institution may see: rows of ``study_access`` (owner or holder).
+
+The archive writes them as instances arrive (``Archive.store(institution=...)``); checks of
+one study ask :func:`institution_sees`, and queries add :func:`study_condition` to their
+``WHERE`` so that paging counts only what the principal may see.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, exists, select
+
+from cloudfilm.index.models import Institution, Study, StudyAccess
+
+if TYPE_CHECKING:
+    from cloudfilm.api.deps import Principal
+    from cloudfilm.archive import Archive
+
+
+def institution_sees(engine: Engine, institution_pk: int, study_uid: str) -> bool:
+    """Whether the institution owns or holds the study (False for an unknown study)."""
+    stmt = select(
+        exists()
+        .where(StudyAccess.study_pk == Study.pk)
+        .where(Study.study_uid == study_uid, StudyAccess.institution_pk == institution_pk)
+    )
+    with engine.connect() as conn:
+        return bool(conn.execute(stmt).scalar())
+
+
+def study_condition(principal: Principal) -> Any | None:
+    """A condition on ``Study`` that keeps the studies ``principal`` may see; None for all."""
+    if principal.study_uids is not None:
+        return Study.study_uid.in_(sorted(principal.study_uids))
+    if principal.institution_pk is not None and not principal.all_institutions:
+        return Study.pk.in_(
+            select(StudyAccess.study_pk).where(
+                StudyAccess.institution_pk == principal.institution_pk
+            )
+        )
+    if principal.kind in ("development",) or principal.all_institutions:
+        return None
+    return Study.pk.in_(select(Study.pk).where(Study.pk < 0))  # sees nothing
+
+
+def institution_pk_of(archive: Archive, code: str) -> int | None:
+    """The key of the institution with ``code`` ('' or unknown: None), cached per archive
+    (institutions are added, never renamed)."""
+    if not code:
+        return None
+    cache: dict[str, int] = archive.__dict__.setdefault("_institution_pks", {})
+    if code not in cache:
+        with archive.engine.connect() as conn:
+            pk = conn.execute(
+                select(Institution.pk).where(Institution.code == code)
+            ).scalar_one_or_none()
+        if pk is None:
+            return None
+        cache[code] = pk
+    return cache[code]
