@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -209,3 +210,16 @@ def test_cli_makes_and_exports_a_film(
     ok = _cloudfilm(cli_env, "film", study, "--layout", "1x1", "--image", image, "--out", png)
     assert ok.returncode == 0, ok.stderr
     assert Image.open(png).size == (2100, 2550)
+
+
+def test_the_patient_page_shows_film_sheets_first(
+    client: TestClient, archive: Archive, ct: list[Dataset]
+) -> None:
+    study = ct[0].StudyInstanceUID
+    made = client.post(_films(study), json={"layout": "2x2", "series": ct[0].SeriesInstanceUID})
+    assert made.status_code == 201, made.text
+    page = client.get(f"/viewer/studies/{study}")
+    assert page.status_code == 200
+    order = re.findall(r'data-series="([0-9.]+)"', page.text)
+    assert order[0] == made.json()["series_uid"]  # the sheet, then the CT series
+    assert ct[0].SeriesInstanceUID in order[1:]

@@ -143,7 +143,10 @@ def _study_view(session: Session, archive: Archive, uid: str) -> StudyView | Non
 
 
 def _image_series(summary: StudySummary, instances: list[StoredInstance]) -> list[SeriesView]:
-    """Series holding images (rows and columns), in the index's display order."""
+    """Series holding images (rows and columns): the film sheets first (the view patients
+    and doctors know from printed film), then the others in the index's display order."""
+    from cloudfilm.film.sheets import FILM_SERIES
+
     by_series: dict[str, list[StoredInstance]] = {}
     for inst in instances:
         if inst.rows and inst.columns and report_kind(inst.sop_class_uid) is None:
@@ -162,6 +165,7 @@ def _image_series(summary: StudySummary, instances: list[StoredInstance]) -> lis
                 instances=[(i.sop_instance_uid, max(i.number_of_frames or 1, 1)) for i in members],
             )
         )
+    views.sort(key=lambda view: view.description != FILM_SERIES)  # stable: keeps the order
     return views
 
 
