@@ -138,9 +138,14 @@ class Archive:
         return cls(settings, engine, open_blob_store(settings))
 
     def close(self) -> None:
+        """Finish the blob writers and the audit trail (what it holds reaches the index, for
+        up to 10 seconds), then close the index's connections."""
+        from cloudfilm.audit import close_trail
+
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+        close_trail(self, timeout=10)
         self.engine.dispose()
 
     def __enter__(self) -> Archive:
