@@ -236,3 +236,14 @@ def test_client_subjects() -> None:
     assert client_subject("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert client_subject("::ffff:203.0.113.7") == "203.0.113.7"  # not all of ::/64
     assert client_subject("not an address") == "not an address"
+
+
+def test_a_link_makes_at_most_50_active_reshares(people: People, links: ShareLinks) -> None:
+    from cloudfilm.sharing.links import MAX_ACTIVE_RESHARES
+
+    parent = links.issue(ShareRequest(study_uids=[people.a1.study], permissions=["reshare"]))
+    made = [links.reshare(parent.info.id, ShareRequest()) for _ in range(MAX_ACTIVE_RESHARES)]
+    with pytest.raises(Conflict, match="withdraw one first"):
+        links.reshare(parent.info.id, ShareRequest())
+    links.revoke(made[0].info.id)
+    assert links.reshare(parent.info.id, ShareRequest()).info.parent_id == parent.info.id

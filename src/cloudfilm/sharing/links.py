@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from cloudfilm.archive import Archive
@@ -42,6 +42,9 @@ MAX_VALIDITY = timedelta(days=3650)
 #: ``last_used_at`` is written at most this often per share (a write per image would not do).
 TOUCH_INTERVAL = timedelta(seconds=60)
 MAX_STUDIES = 100
+#: Most links made from one link that are still active (a holder cannot flood the index or
+#: the "who opened my images" list).
+MAX_ACTIVE_RESHARES = 50
 _UID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _DURATION = re.compile(r"^(\d{1,6})\s*(h|d|w|y)$")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
@@ -273,6 +276,20 @@ class ShareLinks:
             if not wanted <= info.permissions - {"reshare"}:
                 extra = ", ".join(sorted(wanted - (info.permissions - {"reshare"})))
                 raise Forbidden(f"a reshare cannot have permissions its link lacks: {extra}")
+            active = session.scalar(
+                select(func.count())
+                .select_from(Share)
+                .where(
+                    Share.parent_id == parent_id,
+                    Share.revoked_at.is_(None),
+                    Share.expires_at > now,
+                )
+            )
+            if (active or 0) >= MAX_ACTIVE_RESHARES:
+                raise Conflict(
+                    f"this link has {MAX_ACTIVE_RESHARES} active links made from it; "
+                    "withdraw one first"
+                )
             if request.include_prior and request.secret != "code":
                 raise MalformedRequest(
                     "a link with earlier exams must be protected by an access code"
