@@ -269,6 +269,25 @@ class Settings(BaseSettings):
     film_default_orientation: Literal["PORTRAIT", "LANDSCAPE"] = Field(
         "PORTRAIT", description="film orientation of a sheet when none is asked"
     )
+    print_match_minutes: int = Field(
+        120,
+        ge=1,
+        le=10080,
+        description="a printed film goes to the study its calling AE sent within these minutes",
+    )
+    print_match_margin_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="a study sent this close before the latest makes a print's match ambiguous",
+    )
+    print_max_image_boxes: int = Field(
+        64, ge=1, le=256, description="most image boxes of one printed film box"
+    )
+    print_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="most image bytes the virtual printer holds for one association",
+    )
     audit_flush_seconds: float = Field(
         0.5, gt=0, le=60, description="longest wait before recorded audit events are written"
     )

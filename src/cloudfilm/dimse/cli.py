@@ -47,7 +47,8 @@ def peers_add(
     allow: Annotated[
         str,
         typer.Option(
-            "--allow", help="What it may do: store, query, retrieve (comma-separated) or none."
+            "--allow",
+            help="What it may do: store, query, retrieve, print (comma-separated) or none.",
         ),
     ] = "store",
     from_: Annotated[

@@ -35,6 +35,7 @@ class Permission(StrEnum):
     STORE = "store"  # C-STORE (PS3.4 Annex B)
     QUERY = "query"  # C-FIND (PS3.4 C.4.1)
     RETRIEVE = "retrieve"  # C-MOVE and C-GET (PS3.4 C.4.2, C.4.3)
+    PRINT = "print"  # Basic Grayscale/Color Print Management (PS3.4 Annex H)
 
 
 def parse_permissions(text: str | Iterable[str]) -> frozenset[Permission]:
@@ -43,7 +44,7 @@ def parse_permissions(text: str | Iterable[str]) -> frozenset[Permission]:
     Raises
     ------
     InvalidQuery
-        For a name that is not ``store``, ``query``, ``retrieve`` or ``none``.
+        For a name that is not ``store``, ``query``, ``retrieve``, ``print`` or ``none``.
     """
     names = text.split(",") if isinstance(text, str) else list(text)
     found: set[Permission] = set()
@@ -54,7 +55,7 @@ def parse_permissions(text: str | Iterable[str]) -> frozenset[Permission]:
             found.add(Permission(name))
         except ValueError:
             raise InvalidQuery(
-                f"unknown permission {name!r}: use store, query, retrieve or none"
+                f"unknown permission {name!r}: use store, query, retrieve, print or none"
             ) from None
     return frozenset(found)
 
@@ -162,6 +163,7 @@ def _from_row(row: DimsePeer) -> Peer:
         Permission.STORE: row.can_store,
         Permission.QUERY: row.can_query,
         Permission.RETRIEVE: row.can_retrieve,
+        Permission.PRINT: row.can_print,
     }
     return Peer(
         ae_title=row.ae_title,
@@ -227,6 +229,7 @@ class PeerDirectory:
             can_store=Permission.STORE in peer.permissions,
             can_query=Permission.QUERY in peer.permissions,
             can_retrieve=Permission.RETRIEVE in peer.permissions,
+            can_print=Permission.PRINT in peer.permissions,
         )
         try:
             with self.archive.sessions.begin() as session:

@@ -12,7 +12,9 @@ A-ASSOCIATE-RJ "calling AE title not recognised" (result 1, source 1, reason 3);
 Query/Retrieve contexts a peer may not use are not accepted (PS3.8 9.3.3.2: result 3,
 "abstract syntax not supported"), and every handler asks the association's principal again.
 
-Storage Commitment (N-ACTION, ``commitment``) is accepted from known peers allowed to store.
+Storage Commitment (N-ACTION, ``commitment``) is accepted from known peers allowed to store;
+the Basic Grayscale and Color Print Management Meta SOP Classes (the virtual film printer,
+``printing``) from peers allowed to print.
 Beside the server run the background workers (``workers``): the forwarding queue of the routing
 rules and the retries of commitment reports.
 
@@ -47,6 +49,7 @@ from cloudfilm.dimse.commitment import STORAGE_COMMITMENT
 from cloudfilm.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from cloudfilm.dimse.peers import Peer, PeerDirectory, Permission
 from cloudfilm.dimse.principal import REJECT_CALLING_AE, DimsePrincipal, admit
+from cloudfilm.dimse.printing import PRINT_CONTEXTS, PrintScp
 from cloudfilm.dimse.reactor import make_event_driven, tune_server
 from cloudfilm.dimse.scu import set_nodelay
 from cloudfilm.dimse.selection import (
@@ -105,13 +108,16 @@ def _may_use(principal: DimsePrincipal, context: Any) -> bool:
     """Whether to accept a proposed context from ``principal`` (others: PS3.8 9.3.3.2 result 3).
 
     Query/Retrieve contexts need their permission; Storage Commitment needs a known peer
-    allowed to store (its report may need a new association to the peer's host and port).
+    allowed to store (its report may need a new association to the peer's host and port);
+    the Print Management contexts (``printing``) need ``print``.
     """
     syntax = str(context.abstract_syntax)
     if syntax in QUERY_RETRIEVE:
         return principal.can(QUERY_RETRIEVE[syntax])
     if syntax == STORAGE_COMMITMENT:
         return principal.peer is not None and principal.can(Permission.STORE)
+    if syntax in PRINT_CONTEXTS:
+        return principal.can(Permission.PRINT)
     return True
 
 
@@ -145,6 +151,8 @@ class DimseServer:
         #: follow an N-ACTION at once are sent by ``workers.reporter`` whether it runs or not.
         self.workers = DimseWorkers(archive, ae=self.ae, ae_title=self.ae_title)
         self._run_workers = workers
+        #: The virtual film printer (Print Management SCP), its state per association.
+        self.printer = PrintScp(archive, self.principal_of, self.ae_title)
 
     def _application_entity(self) -> AE:
         settings = self.archive.settings
@@ -160,6 +168,8 @@ class DimseServer:
         for sop_class in QUERY_RETRIEVE:
             ae.add_supported_context(sop_class, COMMAND_SYNTAXES)
         ae.add_supported_context(STORAGE_COMMITMENT, COMMAND_SYNTAXES)
+        for sop_class in PRINT_CONTEXTS:
+            ae.add_supported_context(sop_class, COMMAND_SYNTAXES)
         ae.add_requested_context(VERIFICATION)
         return ae
 
@@ -179,6 +189,7 @@ class DimseServer:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            *self.printer.handlers(),
         ]
         self._server = self.ae.start_server(
             (self.host, self.port), block=False, evt_handlers=handlers
@@ -266,6 +277,7 @@ class DimseServer:
     def _on_closed(self, event: Any) -> None:
         with self._lock:
             self._principals.pop(event.assoc, None)
+        self.printer.forget(event.assoc)
 
     def principal_of(self, assoc: Any) -> DimsePrincipal | None:
         with self._lock:

@@ -184,6 +184,9 @@ class SheetStyle:
     dpi: float = 150.0
     #: Draw the header band and the per-image annotations.
     annotate: bool = True
+    #: With ``annotate``, also label each image (numbers, window, letters, scale bar); the
+    #: virtual printer turns this off: a printed image carries its own annotations.
+    label_images: bool = True
     magnification: Magnification = Magnification.CUBIC
     #: Gray (0-255) around and between the boxes (Border Density, see ``density_to_gray``).
     border: int = 0
@@ -457,7 +460,7 @@ def compose_sheet(
             placements.append(None)
             continue
         placement = _place(sheet, cell, box, style)
-        if style.annotate:
+        if style.annotate and style.label_images:
             placement = _annotate_cell(draw, cell, placement, fonts, style.dpi)
         placements.append(placement)
     if geometry.header is not None and header is not None:

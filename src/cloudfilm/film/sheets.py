@@ -477,13 +477,17 @@ def store_sheet(
     header: Dataset | None = None,
     sources: Sequence[tuple[StoredInstance, int]] = (),
     annotated: bool = True,
+    source: str = "film",
+    institution: int | None = None,
 ) -> StoredFilm:
     """Store a composed sheet as a Secondary Capture in the study's film series.
 
     ``header`` is a stored instance's header of the study (default: the one
     :func:`cloudfilm.sharing.reports.study_context` picks); ``sources`` the images shown,
     with their 1-based frame numbers (Source Image Sequence); ``annotated`` whether the
-    sheet carries the patient's name (Burned In Annotation).
+    sheet carries the patient's name (Burned In Annotation). ``source`` is kept in the
+    index (``film``; ``print:<AE>`` for a sheet printed to the virtual printer) and
+    ``institution`` is the key of the institution that made it (see ``Archive.store``).
 
     Raises
     ------
@@ -500,7 +504,7 @@ def store_sheet(
     )
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    result = archive.store(buffer.getvalue(), source="film")
+    result = archive.store(buffer.getvalue(), source=source[:100], institution=institution)
     if not result.ok:
         raise result.error or StorageFailure(result.reason or "the film sheet was not stored")
     logger.info("film sheet %s stored in study %s", result.sop_instance_uid, study_uid)

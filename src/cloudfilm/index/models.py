@@ -106,7 +106,11 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instance"
-    __table_args__ = (Index("ix_instance_series_number", "series_pk", "instance_number"),)
+    __table_args__ = (
+        Index("ix_instance_series_number", "series_pk", "instance_number"),
+        # The virtual printer's match: what an AE sent lately (``cloudfilm.film.printed``).
+        Index("ix_instance_source_received", "source", "received_at"),
+    )
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -171,6 +175,8 @@ class DimsePeer(Base):
     can_store: Mapped[bool] = mapped_column(default=False)
     can_query: Mapped[bool] = mapped_column(default=False)
     can_retrieve: Mapped[bool] = mapped_column(default=False)
+    #: May print to the virtual film printer (``cloudfilm.dimse.printing``).
+    can_print: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -235,6 +241,40 @@ class DimseForward(DurableJob, Base):
     #: Where the instance came from ("dimse:CT1", "stow", "import") and the rule that matched.
     source: Mapped[str] = mapped_column(String(100), default="")
     rule: Mapped[str] = mapped_column(String(200), default="")
+
+
+class PrintedFilm(Base):
+    """A sheet printed to the virtual film printer that was not matched to a study with
+    enough confidence (``cloudfilm.film.printed``): kept until staff attach it to one.
+
+    The sheet itself is a PNG blob (``blob_key``) at ``dpi``; the row keeps what the print
+    request said and the studies that were candidates.
+    """
+
+    __tablename__ = "printed_film"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    calling_ae: Mapped[str] = mapped_column(String(16), index=True)
+    #: Code of the calling peer's institution, '' when none.
+    institution: Mapped[str] = mapped_column(String(64), default="")
+    #: Film Session Label (2000,0050) of the print request.
+    film_session_label: Mapped[str] = mapped_column(String(64), default="")
+    #: Study Instance UIDs that were candidates (most likely first).
+    candidates: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Why the sheet was not matched.
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    blob_key: Mapped[str] = mapped_column(String(200), unique=True)
+    display_format: Mapped[str] = mapped_column(String(64))
+    film_size: Mapped[str] = mapped_column(String(16))
+    orientation: Mapped[str] = mapped_column(String(16))
+    dpi: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    annotated: Mapped[bool] = mapped_column(default=False)
+    #: Set when staff attached the sheet to a study.
+    attached_study_uid: Mapped[str | None] = mapped_column(String(64))
+    attached_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    attached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Share(Base):
