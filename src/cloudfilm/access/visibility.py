@@ -7,11 +7,12 @@ one study ask :func:`institution_sees`, and queries add :func:`study_condition` 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, exists, false, select
 
-from cloudfilm.index.models import Institution, Study, StudyAccess
+from cloudfilm.index.models import Institution, Patient, Study, StudyAccess
 
 if TYPE_CHECKING:
     from cloudfilm.api.deps import Principal
@@ -27,6 +28,30 @@ def institution_sees(engine: Engine, institution_pk: int, study_uid: str) -> boo
     )
     with engine.connect() as conn:
         return bool(conn.execute(stmt).scalar())
+
+
+def institution_sees_patient(
+    engine: Engine, institution_pk: int, patient_id: str, issuer: str = ""
+) -> bool:
+    """Whether the institution owns or holds at least one study of the patient."""
+    stmt = select(
+        exists()
+        .where(StudyAccess.study_pk == Study.pk, StudyAccess.institution_pk == institution_pk)
+        .where(Study.patient_pk == Patient.pk, Patient.patient_id == patient_id)
+        .where(Patient.issuer == issuer)
+    )
+    with engine.connect() as conn:
+        return bool(conn.execute(stmt).scalar())
+
+
+def institution_condition(institution_pk: int | None) -> Any:
+    """A condition on ``Study`` keeping the studies the institution owns or holds (an unknown
+    institution, ``None``, keeps none)."""
+    if institution_pk is None:
+        return false()
+    return Study.pk.in_(
+        select(StudyAccess.study_pk).where(StudyAccess.institution_pk == institution_pk)
+    )
 
 
 def study_condition(principal: Principal) -> Any | None:
@@ -59,3 +84,14 @@ def institution_pk_of(archive: Archive, code: str) -> int | None:
             return None
         cache[code] = pk
     return cache[code]
+
+
+def share_visible(principal: Principal, study_uids: Collection[str], created_by: str) -> bool:
+    """Whether a staff principal may see, print or change a cloud film: one of all
+    institutions sees every film; others a film whose studies they all see, or a film still
+    waiting for its images (no study yet) that they issued themselves."""
+    if principal.kind == "development" or principal.all_institutions:
+        return True
+    if study_uids:
+        return all(principal.can_view_study(uid) for uid in study_uids)
+    return created_by == principal.label

@@ -174,14 +174,18 @@ def _matches(
     # Only the columns answered or needed to check visibility; the rows come over a Core
     # connection (a read: the ORM session would only add work).
     columns = {keyword for _, keyword, _ in query.returned} | _VISIBILITY_KEYS
+    # A peer of an institution: only its studies (and patients with one) match, in SQL, so
+    # the rows stream without a look-up each (``DimsePrincipal.study_condition``).
+    scope = principal.study_condition()
     try:
         with archive.engine.connect() as connection:
-            for row in query_rows(connection, query.level, query.keys, columns=columns):
+            rows = query_rows(connection, query.level, query.keys, columns=columns, scope=scope)
+            for row in rows:
                 if event.is_cancelled:
                     logger.info("C-FIND from %s cancelled after %d matches", principal, count)
                     yield status.CANCEL, None
                     return
-                if not _visible(principal, query.level, row):
+                if scope is None and not _visible(principal, query.level, row):
                     continue
                 count += 1
                 yield pending, build_response(query, row, ae_title)

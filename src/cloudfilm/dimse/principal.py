@@ -2,16 +2,33 @@
 
 Every DIMSE request is made by a *principal*: the calling AE title seen from a network address.
 It is decided once, when the association is requested (PS3.8 7.1.1: A-ASSOCIATE), and every
-handler asks it before doing anything (deny by default). Today a known peer sees every study
-when it may query or retrieve; the ``can_view_*`` methods are where per-institution rules go.
+handler asks it before doing anything (deny by default).
+
+Which studies a peer allowed to query or retrieve sees depends on its row:
+
+- a peer that names an institution (its code) sees the studies that institution owns or holds
+  (``study_access``), nothing else; a code no institution has sees nothing;
+- a peer without an institution sees every study: the single-hospital default, where the
+  archive serves one hospital and its PACS and modalities need no institution at all.
+
+The institution's key is resolved once, at admission; C-FIND filters in SQL
+(``study_condition``), C-MOVE/C-GET ask ``can_view_study`` per study.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Engine
+
+from cloudfilm.access.visibility import (
+    institution_condition,
+    institution_pk_of,
+    institution_sees,
+    institution_sees_patient,
+)
 from cloudfilm.dimse.peers import Peer, PeerDirectory, Permission
 
 logger = logging.getLogger(__name__)
@@ -28,10 +45,30 @@ class DimsePrincipal:
     calling_ae: str
     address: str
     peer: Peer | None
+    #: The key of the peer's institution (None: the peer names none, or an unknown code).
+    institution_pk: int | None = None
+    #: The index the institution's rows are read from (needed when the peer names one).
+    engine: Engine | None = field(default=None, compare=False, repr=False)
 
     @property
     def institution(self) -> str:
         return self.peer.institution if self.peer else ""
+
+    @property
+    def scoped(self) -> bool:
+        """Whether the peer sees its institution's studies only (it names an institution)."""
+        return bool(self.institution)
+
+    def _may_see_studies(self) -> bool:
+        return self.peer is not None and (
+            self.peer.may(Permission.QUERY) or self.peer.may(Permission.RETRIEVE)
+        )
+
+    def study_condition(self) -> Any | None:
+        """A condition on ``Study`` keeping what this caller sees; None for every study."""
+        if not self._may_see_studies():
+            return institution_condition(None)
+        return institution_condition(self.institution_pk) if self.scoped else None
 
     def can(self, permission: Permission) -> bool:
         """Whether this caller may use the service at all (deny by default)."""
@@ -41,13 +78,24 @@ class DimsePrincipal:
 
     def can_view_study(self, study_uid: str) -> bool:
         """Whether a query may return, or a retrieve may send, this study."""
-        return self.peer is not None and (
-            self.peer.may(Permission.QUERY) or self.peer.may(Permission.RETRIEVE)
-        )
+        if not self._may_see_studies():
+            return False
+        if not self.scoped:
+            return True
+        if self.institution_pk is None or self.engine is None:
+            return False
+        return institution_sees(self.engine, self.institution_pk, study_uid)
 
     def can_view_patient(self, patient_id: str, issuer: str = "") -> bool:
-        """Whether a PATIENT level query may return this patient."""
-        return self.peer is not None and self.peer.may(Permission.QUERY)
+        """Whether a PATIENT level query may return this patient (a scoped peer: one with a
+        study its institution sees)."""
+        if self.peer is None or not self.peer.may(Permission.QUERY):
+            return False
+        if not self.scoped:
+            return True
+        if self.institution_pk is None or self.engine is None:
+            return False
+        return institution_sees_patient(self.engine, self.institution_pk, patient_id, issuer)
 
     def __str__(self) -> str:
         return f"{self.calling_ae}@{self.address}"
@@ -74,11 +122,26 @@ def admit(
     peer = directory.get(title)
     if peer is not None:
         if peer.may_call_from(address):
-            return Admission(DimsePrincipal(title, address, peer))
+            return Admission(_known(directory, title, address, peer))
         return Admission(None, f"known AE title {title} called from {address}, not its address")
     if accept_unknown_storage:
         return Admission(DimsePrincipal(title, address, None))
     return Admission(None, f"calling AE title {title!r} is not a known peer")
+
+
+def _known(directory: PeerDirectory, title: str, address: str, peer: Peer) -> DimsePrincipal:
+    """The principal of a known peer, its institution's key resolved (once per association)."""
+    if not peer.institution:
+        return DimsePrincipal(title, address, peer)
+    archive = directory.archive
+    pk = institution_pk_of(archive, peer.institution)
+    if pk is None:
+        logger.warning(
+            "peer %s names institution %r, which does not exist: it sees no study",
+            title,
+            peer.institution,
+        )
+    return DimsePrincipal(title, address, peer, institution_pk=pk, engine=archive.engine)
 
 
 def audit(

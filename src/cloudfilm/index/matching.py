@@ -106,6 +106,23 @@ ATTRIBUTES: dict[str, Attribute] = {
 
 _ORDER = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
 
+#: The patient-level counts and what each sums over the patient's studies.
+_PATIENT_COUNTS: dict[str, Any] = {
+    "NumberOfPatientRelatedStudies": None,
+    "NumberOfPatientRelatedSeries": Study.num_series,
+    "NumberOfPatientRelatedInstances": Study.num_instances,
+}
+
+
+def _scoped_count(keyword: str, scope: ColumnElement[bool]) -> Any:
+    """A patient-level count over the studies in ``scope`` only (others are not revealed)."""
+    column = _PATIENT_COUNTS[keyword]
+    total = func.count(Study.pk) if column is None else func.coalesce(func.sum(column), 0)
+    return (
+        select(total).where(Study.patient_pk == Patient.pk, scope).scalar_subquery().label(keyword)
+    )
+
+
 #: Keywords each query level can match on and return (its own and the levels above).
 SUPPORTED_KEYS: dict[Level, set[str]] = {
     level: {k for k, a in ATTRIBUTES.items() if _ORDER.index(a.level) <= _ORDER.index(level)}
@@ -140,19 +157,28 @@ def build_query(
     study_uid: str | None = None,
     series_uid: str | None = None,
     columns: Collection[str] | None = None,
+    scope: ColumnElement[bool] | None = None,
 ) -> Select[Any]:
     """The SELECT of the rows of ``level`` matching ``keys`` (unsupported keys ignored).
 
     ``columns``: only these keywords are selected (and, at the IMAGE level, not the cached
     header and blob columns); by default every supported keyword and those.
+    ``scope``: a condition on ``Study`` keeping what the caller may see (None: everything);
+    at the PATIENT level it keeps patients with a study in scope and counts only those.
     """
     selected = [c for c in _LABELLED[level] if columns is None or c.key in columns]
     selected = selected or _LABELLED[level][:1]  # a SELECT needs a column
     stmt: Select[Any]
     if level is Level.PATIENT:
+        if scope is not None:
+            selected = [_scoped_count(c.key, scope) if c.key in _PATIENT_COUNTS else c
+                        for c in selected]  # fmt: skip
         stmt = select(*selected).select_from(Patient)
         if any(ATTRIBUTES[k].level is not Level.PATIENT for k in keys if k in ATTRIBUTES):
             raise InvalidQuery("a PATIENT level query matches only patient attributes")
+        if scope is not None:
+            in_scope = select(Study.pk).where(Study.patient_pk == Patient.pk, scope)
+            stmt = stmt.where(in_scope.exists())
     else:
         stmt = select(*selected).select_from(Study).join(Patient, Patient.pk == Study.patient_pk)
         if level in (Level.SERIES, Level.INSTANCE):
@@ -167,6 +193,8 @@ def build_query(
                 Instance.transfer_syntax_uid.label("_transfer_syntax"),
                 Instance.size_bytes.label("_size_bytes"),
             )
+        if scope is not None:
+            stmt = stmt.where(scope)
     if study_uid is not None:
         stmt = stmt.where(Study.study_uid == study_uid)
     if series_uid is not None:
@@ -188,15 +216,18 @@ def query_rows(
     study_uid: str | None = None,
     series_uid: str | None = None,
     columns: Collection[str] | None = None,
+    scope: ColumnElement[bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Matching rows as dicts of DICOM keyword → value, streamed from the database.
 
     ``columns`` limits what is read to the keywords named (the rest are absent from the
-    rows); a Core ``Connection`` saves the ORM session's work on a read.
+    rows); a Core ``Connection`` saves the ORM session's work on a read. ``scope``: see
+    :func:`build_query`.
     """
     stmt = build_query(
-        level, keys, fuzzy=fuzzy, study_uid=study_uid, series_uid=series_uid, columns=columns
-    )
+        level, keys, fuzzy=fuzzy, study_uid=study_uid, series_uid=series_uid, columns=columns,
+        scope=scope,
+    )  # fmt: skip
     if offset:
         stmt = stmt.offset(offset)
     if limit is not None:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from cloudfilm.access.visibility import share_visible
 from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep, SettingsDep
 from cloudfilm.core.errors import Conflict, Forbidden, Gone, NotFound
 from cloudfilm.index.queries import study_detail
@@ -102,6 +103,13 @@ def _staff(request: Request, principal: Principal) -> ShareLinks:
     return links_for(request)
 
 
+def _visible(principal: Principal, info: ShareInfo) -> ShareInfo:
+    """``info`` if the principal's institution sees it; otherwise the answer of a missing one."""
+    if not share_visible(principal, info.study_uids, info.created_by):
+        raise NotFound(f"share {info.id} not found")
+    return info
+
+
 def _creator(principal: Principal) -> str:
     return f"{principal.kind}:{principal.id}"
 
@@ -113,6 +121,9 @@ staff_router = APIRouter(prefix="/api/shares", tags=["shares"])
 def create_share(body: ShareCreate, request: Request, principal: PrincipalDep) -> JSONResponse:
     """Issue a cloud film; the answer holds its link and code (shown this once)."""
     links = _staff(request, principal)
+    for uid in body.study_uids:
+        if not principal.can_view_study(uid):  # answered like a study not in the archive
+            raise NotFound(f"study {uid} not found")
     now = utcnow()
     issued = links.issue(
         ShareRequest(
@@ -154,7 +165,8 @@ def list_shares(
         ),
         now,
     )  # fmt: skip
-    return [info.as_json(now) for info in found]
+    return [info.as_json(now) for info in found if share_visible(principal, info.study_uids,
+                                                                 info.created_by)]  # fmt: skip
 
 
 @staff_router.get("/{share_id}")
@@ -166,7 +178,7 @@ def get_share(
 ) -> dict[str, Any]:
     """One cloud film."""
     links = _staff(request, principal)
-    body = links.get(share_id).as_json(utcnow())
+    body = _visible(principal, links.get(share_id)).as_json(utcnow())
     if reveal:
         body["link"], body["code"] = links.reveal(share_id)
     return body
@@ -176,6 +188,7 @@ def get_share(
 def revoke_share(share_id: ShareId, request: Request, principal: PrincipalDep) -> dict[str, Any]:
     """Revoke a cloud film and every reshare made from it, at once."""
     links = _staff(request, principal)
+    _visible(principal, links.get(share_id))
     return links.revoke(share_id).as_json(utcnow())
 
 
@@ -187,6 +200,7 @@ def renew_share(
     links = _staff(request, principal)
     now = utcnow()
     expires = parse_expiry(body.expires, now) if body and body.expires else None
+    _visible(principal, links.get(share_id))
     return links.renew(share_id, expires, now).as_json(now)
 
 
@@ -202,7 +216,7 @@ def share_card(
     """The printable card of an active cloud film (A5 PDF or PNG), with its link and code."""
     links = _staff(request, principal)
     now = utcnow()
-    info = links.get(share_id)
+    info = _visible(principal, links.get(share_id))
     if info.state(now) in (ShareState.REVOKED, ShareState.EXPIRED):
         raise Gone(f"this link is {info.state(now).value}; renew it or issue a new one")
     link, code = links.reveal(share_id)

@@ -35,6 +35,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, tuple_
 
 from cloudfilm.access.principals import accounts_for
+from cloudfilm.access.visibility import share_visible
 from cloudfilm.api.deps import STAFF_COOKIE, ArchiveDep, Principal, PrincipalDep
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import (
@@ -338,6 +339,7 @@ def search_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
         return render_staff(request, "staff_search.html", failed, 400)
     with archive.sessions() as session:
         found = find_studies(session, search.query)
+    found = [s for s in found if principal.can_view_study(s.study_uid)]  # its institution's
     kept = {k: v for k, v in search.values.items() if v}
     context = {
         "values": search.values,
@@ -365,7 +367,10 @@ def study_page(
 ) -> Response:
     """A study, its series and cloud films, and the form that issues one."""
     require_staff(principal)
-    return _study(request, archive, check_uid(study_uid))
+    uid = check_uid(study_uid)
+    if not principal.can_view_study(uid):  # answered like a study not in the archive
+        raise NotFound(f"study {uid} is not in the archive")
+    return _study(request, archive, uid)
 
 
 def _study(
@@ -432,7 +437,11 @@ def _issue(
     links = links_for(request)
     now = utcnow()
     try:
-        issued = links.issue(parse_issue(form, f"{principal.kind}:{principal.id}", now), now)
+        wanted = parse_issue(form, f"{principal.kind}:{principal.id}", now)
+        for uid in wanted.study_uids:
+            if not principal.can_view_study(uid):  # answered like a study not in the archive
+                raise NotFound(f"study {uid} is not in the archive")
+        issued = links.issue(wanted, now)
     except CloudFilmError as exc:
         return _form_again(request, archive, form, exc)
     info = issued.info
@@ -479,7 +488,11 @@ def shares_page(request: Request, principal: PrincipalDep, archive: ArchiveDep) 
         failed: dict[str, Any] = {"values": {}, "shares": [], "error": exc.message}
         return render_staff(request, "staff_shares.html", {**failed, "states": states}, 400)
     now = utcnow()
-    found = links_for(request).list(filters, now)
+    found = [
+        info
+        for info in links_for(request).list(filters, now)
+        if share_visible(principal, info.study_uids, info.created_by)
+    ]
     kept = {k: v for k, v in values.items() if v}
     here = _page_url(request, "/staff/shares", kept, page)
     context: dict[str, Any] = {
@@ -503,7 +516,11 @@ async def revoke_share(request: Request, share_id: str, principal: PrincipalDep)
     form = await read_form(request, FORM_LIMIT)
     check_form(csrf_keys(request), request, form, "revoke")
     links = links_for(request)
-    await run_in_threadpool(links.revoke, check_share_id(share_id))
+    share_id = check_share_id(share_id)
+    info = await run_in_threadpool(links.get, share_id)
+    if not share_visible(principal, info.study_uids, info.created_by):
+        raise NotFound(f"share {share_id} not found")
+    await run_in_threadpool(links.revoke, share_id)
     return RedirectResponse(_safe_next(request, form.get("next", "")), status_code=303)
 
 
