@@ -179,3 +179,28 @@ def test_a_right_password_clears_the_count_and_every_attempt_is_audited(
         + [("success", "zhao", "hosp-b")]
         + [("denied", "zhao", "")] * 4
     )
+
+
+def test_an_accession_number_names_only_the_issuers_studies(
+    archive: Archive, accounts: Accounts
+) -> None:
+    from cloudfilm.sharing.links import ShareLinks, ShareRequest
+
+    a = accounts.institution("hosp-a").pk
+    b = accounts.institution("hosp-b").pk
+    theirs = make_dataset(PatientID="PA1", AccessionNumber="ACC-77")
+    assert archive.store(part10(theirs), institution=a).ok
+    links = ShareLinks(archive)
+    # hospital B issues a card for the same accession number: it must not reach A's study
+    card = links.issue(ShareRequest(accession_number="ACC-77", institution_pk=b, secret="code"))
+    assert card.info.pending and card.info.study_uids == ()
+    assert links.find(card.token) is not None
+    assert links.get(card.info.id).study_uids == ()  # A's study is never attached
+    # B's own exam with that accession number arrives: the card reaches it, and only it
+    ours = make_dataset(PatientID="PB1", AccessionNumber="ACC-77")
+    assert archive.store(part10(ours), institution=b).ok
+    found = links.find(card.token)
+    assert found is not None and found.study_uids == (ours.StudyInstanceUID,)
+    # the platform (no institution) sees every study: the number names two patients there
+    with pytest.raises(Conflict, match="several patients"):
+        links.issue(ShareRequest(accession_number="ACC-77"))

@@ -317,6 +317,11 @@ class Share(Base):
     note: Mapped[str] = mapped_column(String(1000), default="")
     #: Who issued it: a staff principal ("development:dev", "cli") or ``share:<id>``.
     created_by: Mapped[str] = mapped_column(String(200), default="")
+    #: The issuer's institution; an accession number names only its studies. None: the
+    #: platform, the CLI or development (every study).
+    institution_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("institution.pk", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

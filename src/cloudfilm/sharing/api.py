@@ -137,6 +137,7 @@ def create_share(body: ShareCreate, request: Request, principal: PrincipalDep) -
             label=body.label,
             note=body.note,
             created_by=_creator(principal),
+            institution_pk=None if principal.all_institutions else principal.institution_pk,
         ),
         now,
     )

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Conflict, Forbidden, MalformedRequest, NotFound
-from cloudfilm.index.models import Patient, Share, ShareStudy, Study
+from cloudfilm.index.models import Patient, Share, ShareStudy, Study, StudyAccess
 from cloudfilm.sharing import crypto
 from cloudfilm.sharing.lockout import Lockout, aware
 
@@ -110,6 +110,8 @@ class ShareInfo:
     #: Effective revocation: the share's own, or its parent's.
     revoked_at: datetime | None
     last_used_at: datetime | None
+    #: The issuer's institution (see ``ShareRequest.institution_pk``).
+    institution_pk: int | None = None
 
     @property
     def is_reshare(self) -> bool:
@@ -188,6 +190,9 @@ class ShareRequest:
     #: Reshares only: every study of the patient in this archive.
     include_prior: bool = False
     created_by: str = ""
+    #: The issuer's institution (a key), or None for the platform and the CLI: an accession
+    #: number then names only studies that institution owns or holds, also when it arrives.
+    institution_pk: int | None = None
 
 
 @dataclass
@@ -357,9 +362,7 @@ class ShareLinks:
         if accession:
             if len(accession) > 64:
                 raise MalformedRequest("an accession number has at most 64 characters")
-            by_accession = _patients_of(
-                session, select(Study).where(Study.accession_number == accession)
-            )
+            by_accession = _patients_of(session, _by_accession(accession, request.institution_pk))
             if len(by_accession) > 1:
                 raise Conflict(f"accession number {accession} names studies of several patients")
             if not by_accession:
@@ -429,6 +432,7 @@ class ShareLinks:
             label=request.label.strip()[:200],
             note=request.note.strip()[:1000],
             created_by=request.created_by[:200],
+            institution_pk=parent.institution_pk if parent else request.institution_pk,
             created_at=now,
             expires_at=expires,
             not_before=request.not_before,
@@ -505,7 +509,7 @@ class ShareLinks:
             row = session.scalars(select(Share).where(Share.id == share_id).with_for_update()).one()
             if row.pending and row.accession_number:
                 patients = _patients_of(
-                    session, select(Study).where(Study.accession_number == row.accession_number)
+                    session, _by_accession(row.accession_number, row.institution_pk)
                 )
                 if len(patients) == 1 and self._may_attach(row, patients[0]):
                     arrived = patients[0]
@@ -546,7 +550,7 @@ class ShareLinks:
             secret_kind=row.secret_kind, label=row.label, note=row.note,
             created_by=row.created_by, created_at=aware(row.created_at), expires_at=expires,
             not_before=_aware_or_none(row.not_before), revoked_at=revoked,
-            last_used_at=_aware_or_none(row.last_used_at),
+            last_used_at=_aware_or_none(row.last_used_at), institution_pk=row.institution_pk,
         )  # fmt: skip
 
     # ---------------------------------------------------------------------- change
@@ -703,3 +707,16 @@ def _same(a: _Patient, b: _Patient) -> bool:
 
 def _aware_or_none(value: datetime | None) -> datetime | None:
     return aware(value) if value is not None else None
+
+
+def _by_accession(accession: str, institution_pk: int | None) -> Select[Any]:
+    """The studies of an accession number, among those ``institution_pk`` owns or holds
+    (all of them when None): another hospital's accession number names nothing."""
+    stmt = select(Study).where(Study.accession_number == accession)
+    if institution_pk is not None:
+        stmt = stmt.where(
+            Study.pk.in_(
+                select(StudyAccess.study_pk).where(StudyAccess.institution_pk == institution_pk)
+            )
+        )
+    return stmt

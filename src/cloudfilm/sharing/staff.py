@@ -438,6 +438,8 @@ def _issue(
     now = utcnow()
     try:
         wanted = parse_issue(form, f"{principal.kind}:{principal.id}", now)
+        if not principal.all_institutions:  # its accession numbers name its studies only
+            wanted.institution_pk = principal.institution_pk
         for uid in wanted.study_uids:
             if not principal.can_view_study(uid):  # answered like a study not in the archive
                 raise NotFound(f"study {uid} is not in the archive")
