@@ -19,6 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -42,9 +43,13 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _CODE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^cfk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _HASHER = PasswordHasher()
-#: Checked against when the username is unknown, so that a wrong name costs as long as a
-#: wrong password (no user enumeration by timing).
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Checked against when the username is unknown, so that a wrong name costs as long as a
+    wrong password (no user enumeration by timing). Made on first use, not at import."""
+    return _HASHER.hash("not a password of anyone")
 
 
 def utcnow() -> datetime:
@@ -275,7 +280,7 @@ class Accounts:
             return SignIn(None, "locked", verdict)
         with self.archive.sessions() as session:
             row = session.scalar(select(UserAccount).where(UserAccount.username == username))
-            stored = row.password_hash if row is not None else _DUMMY_HASH
+            stored = row.password_hash if row is not None else _dummy_hash()
             passed = _verify(stored, password) and row is not None
             info = self._user_info(session, row) if row is not None and passed else None
         if info is None:

@@ -9,19 +9,14 @@ from starlette.requests import Request
 from cloudfilm.access.accounts import Accounts, ApiKeyInfo, InstitutionInfo, UserInfo
 from cloudfilm.access.roles import PERMISSIONS
 from cloudfilm.access.visibility import institution_sees
-from cloudfilm.api.deps import STAFF_COOKIE, Principal
+from cloudfilm.api.deps import STAFF_COOKIE, Principal, app_service
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import Unauthorized
 
 
 def accounts_for(request: Request) -> Accounts:
     """The application's :class:`Accounts` (made once, with the application's settings)."""
-    state = request.app.state
-    accounts: Accounts | None = getattr(state, "accounts", None)
-    if accounts is None or accounts.archive is not state.archive:
-        accounts = Accounts(state.archive, state.settings)
-        state.accounts = accounts
-    return accounts
+    return app_service(request, "accounts", Accounts)
 
 
 def principal_of_request(request: Request) -> Principal | None:

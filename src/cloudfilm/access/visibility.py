@@ -66,7 +66,7 @@ def study_condition(principal: Principal) -> Any | None:
         )
     if principal.kind in ("development",) or principal.all_institutions:
         return None
-    return Study.pk.in_(select(Study.pk).where(Study.pk < 0))  # sees nothing
+    return false()  # sees nothing
 
 
 def institution_pk_of(archive: Archive, code: str) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar, cast
 
 import anyio
 from fastapi import Depends, Request
@@ -12,6 +12,8 @@ from fastapi import Depends, Request
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Unauthorized
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,17 @@ def resolve_principal(request: Request) -> Principal:
     if settings.env != "development":
         raise Unauthorized("sign in, or send an API key as 'Authorization: Bearer <key>'")
     return Principal(kind="development", id="dev")
+
+
+def app_service(request: Request, name: str, make: Callable[[Archive, Settings], T]) -> T:
+    """The application's service ``name`` (``ShareLinks``, ``Accounts``, …), made once from
+    the application's archive and settings, and made again if the archive was replaced."""
+    state = request.app.state
+    service = getattr(state, name, None)
+    if service is None or getattr(service, "archive", None) is not state.archive:
+        service = make(state.archive, state.settings)
+        setattr(state, name, service)
+    return cast(T, service)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

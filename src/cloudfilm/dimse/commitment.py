@@ -196,22 +196,15 @@ def report_dataset(transaction_uid: str, verdict: Verdict, retrieve_ae: str) -> 
     ds.TransactionUID = transaction_uid
     ds.RetrieveAETitle = retrieve_ae
     if verdict.committed:
-        ds.ReferencedSOPSequence = [_item(c, i) for c, i in verdict.committed]
+        ds.ReferencedSOPSequence = [status.referenced(c, i) for c, i in verdict.committed]
     if verdict.failed:
         failed = []
         for sop_class, uid, reason in verdict.failed:
-            item = _item(sop_class, uid)
+            item = status.referenced(sop_class, uid)
             item.FailureReason = reason
             failed.append(item)
         ds.FailedSOPSequence = failed
     return ds
-
-
-def _item(sop_class: str, sop_instance: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = sop_class
-    item.ReferencedSOPInstanceUID = sop_instance
-    return item
 
 
 # ------------------------------------------------------------------------------ the index

@@ -384,7 +384,7 @@ class PrintScp:
         ds.BorderDensity = "BLACK"
         ds.EmptyImageDensity = "BLACK"
         ds.MaxDensity = 300
-        ds.ReferencedFilmSessionSequence = [_reference(BASIC_FILM_SESSION, session.uid)]
+        ds.ReferencedFilmSessionSequence = [status.referenced(BASIC_FILM_SESSION, session.uid)]
         _box_attributes(ds, attributes, creating=True)
         box = _film_box(_new_uid(request, state), ds, request.context_class == COLOR_META)
         if box.display_format.capacity > settings.print_max_image_boxes:
@@ -398,7 +398,9 @@ class PrintScp:
             image_box = ImageBox(generate_uid(), image_class, position)
             box.image_boxes.append(image_box)
             state.image_boxes[image_box.uid] = (box, image_box)
-        ds.ReferencedImageBoxSequence = [_reference(image_class, b.uid) for b in box.image_boxes]
+        ds.ReferencedImageBoxSequence = [
+            status.referenced(image_class, b.uid) for b in box.image_boxes
+        ]
         if attributes.get("AnnotationDisplayFormatID") and request.event.assoc is not None:
             if _negotiated(request.event.assoc, ANNOTATION_BOX):
                 for position in range(1, ANNOTATION_BOXES + 1):
@@ -406,7 +408,7 @@ class PrintScp:
                     box.annotations.append(annotation)
                     state.annotation_boxes[annotation.uid] = annotation
                 ds.ReferencedBasicAnnotationBoxSequence = [
-                    _reference(ANNOTATION_BOX, a.uid) for a in box.annotations
+                    status.referenced(ANNOTATION_BOX, a.uid) for a in box.annotations
                 ]
         state.film_boxes[box.uid] = box
         session.film_boxes.append(box)
@@ -673,13 +675,6 @@ def _copy(ds: Dataset) -> Dataset:
     for element in ds:
         copied.add(element)
     return copied
-
-
-def _reference(sop_class: str, sop_instance: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = sop_class
-    item.ReferencedSOPInstanceUID = sop_instance
-    return item
 
 
 def _negotiated(assoc: Any, abstract_syntax: str) -> bool:

@@ -68,3 +68,12 @@ def store_status(result: StoreResult) -> int:
     if isinstance(result.error, CloudFilmError):
         return result.error.dimse_status
     return STORE_CANNOT_UNDERSTAND
+
+
+def referenced(sop_class: str, sop_instance: str) -> Dataset:
+    """An item naming one SOP instance (Referenced SOP Class / Instance UID), as the
+    Referenced ... Sequence attributes of storage commitment and print management hold."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    return item

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloudfilm.api.deps import Principal
+from cloudfilm.api.deps import Principal, app_service
 from cloudfilm.core.errors import Forbidden, Gone, NotFound, Unauthorized
 from cloudfilm.sharing.accesses import record_access
 from cloudfilm.sharing.links import ShareInfo, ShareLinks, ShareState, utcnow
@@ -24,12 +24,7 @@ SESSION_COOKIE = "cloudfilm_share"
 
 def links_for(request: Request) -> ShareLinks:
     """The application's :class:`ShareLinks` (made once, with the application's settings)."""
-    state = request.app.state
-    links: ShareLinks | None = getattr(state, "share_links", None)
-    if links is None or links.archive is not state.archive:
-        links = ShareLinks(state.archive, state.settings)
-        state.share_links = links
-    return links
+    return app_service(request, "share_links", ShareLinks)
 
 
 def share_path(request: Request, token: str) -> str:
