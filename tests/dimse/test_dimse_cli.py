@@ -46,7 +46,7 @@ def test_peers_add_list_remove(cli_env: dict[str, str]) -> None:
     assert listed["CT1"] == {
         "ae_title": "CT1", "host": "10.1.2.3", "port": 104, "allow": ["query", "store"],
         "allowed_from": ["10.1.2.0/24", "ct1.example"], "description": "CT room 3",
-        "institution": "Hospital A", "origin": "index",
+        "institution": "Hospital A", "tls": False, "origin": "index",
     }  # fmt: skip
     assert listed["PACS"]["allow"] == []
     code, out = cli(cli_env, "peers", "list")

@@ -66,6 +66,8 @@ class DimsePeerConfig(BaseModel):
     allowed_from: list[str] = []
     description: str = ""
     institution: str = ""
+    #: Talk to it over DICOM TLS only, both ways (see docs/dimse.md, "DICOM TLS").
+    tls: bool = False
 
     _ae = field_validator("ae_title")(check_ae_title)
 
@@ -173,6 +175,19 @@ class Settings(BaseSettings):
     )
     dimse_accept_unknown_storage: bool = Field(
         False, description="accept C-ECHO and C-STORE from AE titles that are not known peers"
+    )
+    dimse_tls_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port of the DICOM TLS listener (2762 is usual); unset: no TLS listener",
+    )  # fmt: skip
+    dimse_tls_certificate: Path | None = Field(
+        None, description="PEM certificate (with its chain) that we present over DICOM TLS"
+    )
+    dimse_tls_private_key: Path | None = Field(
+        None, description="PEM private key of dimse_tls_certificate, without a passphrase"
+    )
+    dimse_tls_ca_certificates: Path | None = Field(
+        None, description="PEM file of the CA certificates that peers' certificates must chain to"
     )
     dimse_peers: list[DimsePeerConfig] = Field(
         [], description="known DICOM peers, besides those added with `cloudfilm peers add`"
@@ -337,6 +352,17 @@ class Settings(BaseSettings):
             raise ValueError("CLOUDFILM_STORAGE=s3 needs CLOUDFILM_S3_ENDPOINT")
         if len(self.s3_bucket) < 3:
             raise ValueError("CLOUDFILM_S3_BUCKET must have at least 3 characters")
+        tls_wanted = self.dimse_tls_port is not None or any(p.tls for p in self.dimse_peers)
+        tls_files = (
+            self.dimse_tls_certificate,
+            self.dimse_tls_private_key,
+            self.dimse_tls_ca_certificates,
+        )
+        if tls_wanted and any(f is None for f in tls_files):
+            raise ValueError(
+                "DICOM TLS needs CLOUDFILM_DIMSE_TLS_CERTIFICATE, CLOUDFILM_DIMSE_TLS_PRIVATE_KEY "
+                "and CLOUDFILM_DIMSE_TLS_CA_CERTIFICATES"
+            )
         if self.qido_default_limit > self.qido_max_limit:
             raise ValueError(
                 "CLOUDFILM_QIDO_DEFAULT_LIMIT must not exceed CLOUDFILM_QIDO_MAX_LIMIT"

@@ -62,6 +62,12 @@ def peers_add(
     institution: Annotated[
         str, typer.Option(help="Institution whose studies arrive from it.")
     ] = "",
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="Only over DICOM TLS: we call it with TLS, it must call our TLS port."
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Add a known peer (kept in the index)."""
@@ -79,6 +85,7 @@ def peers_add(
                 allowed_from=tuple(from_ or ()),
                 description=description,
                 institution=institution,
+                tls=tls,
             )
         )
     except CloudFilmError as exc:
@@ -87,7 +94,8 @@ def peers_add(
     finally:
         archive.close()
     allowed = ", ".join(sorted(p.value for p in peer.permissions)) or "nothing (destination only)"
-    console.print(f"added {peer.ae_title} at {peer.host}:{peer.port}; may {allowed}")
+    over = " over DICOM TLS" if peer.tls else ""
+    console.print(f"added {peer.ae_title} at {peer.host}:{peer.port}{over}; may {allowed}")
 
 
 @peers_app.command("list")
@@ -106,11 +114,12 @@ def peers_list(
     if json_out:
         print(json.dumps([p.as_json() for p in peers], ensure_ascii=False, indent=2))
         return
-    table = Table("AE title", "Host", "Port", "Allow", "Calls from", "Institution", "Description",
-                  "Defined in")  # fmt: skip
+    table = Table("AE title", "Host", "Port", "TLS", "Allow", "Calls from", "Institution",
+                  "Description", "Defined in")  # fmt: skip
     for p in peers:
         table.add_row(
-            p.ae_title, p.host, str(p.port), ",".join(sorted(x.value for x in p.permissions)),
+            p.ae_title, p.host, str(p.port), "yes" if p.tls else "",
+            ",".join(sorted(x.value for x in p.permissions)),
             ", ".join(p.allowed_from) or p.host, p.institution, p.description, p.origin,
         )  # fmt: skip
     console.print(table)
@@ -161,13 +170,15 @@ def dimse_command(
     )
     try:
         server.start()
-    except OSError as exc:
+    except OSError as exc:  # ssl.SSLError too: a certificate or key that cannot be used
         err.print(f"[red]cannot listen on {server.host}:{server.port}: {exc}[/red]")
         archive.close()
         raise typer.Exit(2) from exc
     console.print(
         f"cloudfilm DIMSE server {server.ae_title} listening on {server.host}:{server.port}"
     )
+    if server.tls_port is not None:
+        console.print(f"DICOM TLS on {server.host}:{server.tls_port}")
     try:
         server.serve_forever()
     finally:

@@ -332,7 +332,7 @@ class Reporter:
                         STORAGE_COMMITMENT, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
                     )
                 ],
-                max_pdu=self.archive.settings.dimse_max_pdu,
+                settings=self.archive.settings,
                 ext_neg=[build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True)],
             )
         except CannotAssociate as exc:

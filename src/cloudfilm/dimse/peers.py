@@ -92,6 +92,8 @@ class Peer:
     allowed_from: tuple[str, ...] = ()
     description: str = ""
     institution: str = ""
+    #: Reached and admitted over DICOM TLS only (``cloudfilm.dimse.tls``).
+    tls: bool = False
     #: Where the peer is defined: the index (``cloudfilm peers``) or the configuration file.
     origin: Literal["index", "config"] = "index"
 
@@ -115,6 +117,7 @@ class Peer:
             "allowed_from": list(self.allowed_from),
             "description": self.description,
             "institution": self.institution,
+            "tls": self.tls,
             "origin": self.origin,
         }
 
@@ -154,6 +157,7 @@ def _from_config(item: DimsePeerConfig) -> Peer:
         allowed_from=tuple(check_address_pattern(p) for p in item.allowed_from),
         description=item.description,
         institution=item.institution,
+        tls=item.tls,
         origin="config",
     )
 
@@ -173,6 +177,7 @@ def _from_row(row: DimsePeer) -> Peer:
         allowed_from=tuple(row.allowed_from or ()),
         description=row.description,
         institution=row.institution,
+        tls=row.tls,
         origin="index",
     )
 
@@ -230,6 +235,7 @@ class PeerDirectory:
             can_query=Permission.QUERY in peer.permissions,
             can_retrieve=Permission.RETRIEVE in peer.permissions,
             can_print=Permission.PRINT in peer.permissions,
+            tls=peer.tls,
         )
         try:
             with self.archive.sessions.begin() as session:

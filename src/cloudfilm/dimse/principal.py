@@ -110,20 +110,29 @@ class Admission:
 
 
 def admit(
-    directory: PeerDirectory, calling_ae: str, address: str, *, accept_unknown_storage: bool
+    directory: PeerDirectory,
+    calling_ae: str,
+    address: str,
+    *,
+    accept_unknown_storage: bool,
+    over_tls: bool = False,
 ) -> Admission:
     """Decide on an A-ASSOCIATE-RQ from ``calling_ae`` at ``address``.
 
     A known AE title calling from one of its addresses is admitted with its permissions. The
     same AE title from another address is refused (a forged or misconfigured caller), as is
-    an unknown AE title unless ``accept_unknown_storage`` admits it for C-ECHO and C-STORE.
+    a peer marked ``tls`` calling without DICOM TLS (``over_tls``: the connection came through
+    the TLS listener with a certificate of the configured CA), and an unknown AE title unless
+    ``accept_unknown_storage`` admits it for C-ECHO and C-STORE.
     """
     title = calling_ae.strip()
     peer = directory.get(title)
     if peer is not None:
-        if peer.may_call_from(address):
-            return Admission(_known(directory, title, address, peer))
-        return Admission(None, f"known AE title {title} called from {address}, not its address")
+        if not peer.may_call_from(address):
+            return Admission(None, f"known AE title {title} called from {address}, not its address")
+        if peer.tls and not over_tls:
+            return Admission(None, f"{title} must call over DICOM TLS; it called without")
+        return Admission(_known(directory, title, address, peer))
     if accept_unknown_storage:
         return Admission(DimsePrincipal(title, address, None))
     return Admission(None, f"calling AE title {title!r} is not a known peer")

@@ -224,7 +224,7 @@ class _Retrieval:
                 self.service.assoc.ae,
                 peer,
                 proposed_contexts(instances),
-                max_pdu=self.owner.archive.settings.dimse_max_pdu,
+                settings=self.owner.archive.settings,
             )
         except CannotAssociate as exc:
             raise _Refused(status.UNABLE_TO_PERFORM_SUBOPERATIONS, str(exc)) from None

@@ -20,6 +20,7 @@ import logging
 import queue
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -39,6 +40,7 @@ from cloudfilm.core.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSI
 from cloudfilm.dicom import transcode
 from cloudfilm.dimse.peers import Peer
 from cloudfilm.dimse.selection import StoredInstance
+from cloudfilm.dimse.tls import TlsNotConfigured, client_tls_args
 from cloudfilm.storage import FileBlobStore
 
 logger = logging.getLogger(__name__)
@@ -93,29 +95,40 @@ def associate(
     peer: Peer,
     contexts: Sequence[PresentationContext],
     *,
-    max_pdu: int,
+    settings: Settings,
     ext_neg: Sequence[Any] = (),
 ) -> Any:
-    """An established association with ``peer`` (its listening host and port).
+    """An established association with ``peer`` (its listening host and port), over DICOM
+    TLS when the peer is marked ``tls`` (``cloudfilm.dimse.tls``).
 
     Raises
     ------
     CannotAssociate
-        When the connection fails, or the peer rejects or aborts the request.
+        When the connection fails (TLS handshake included), TLS is needed but not configured,
+        or the peer rejects or aborts the request.
     """
+    tls_args = None
+    if peer.tls:
+        try:
+            tls_args = client_tls_args(settings, peer.host)
+        except (TlsNotConfigured, OSError, ssl.SSLError) as exc:
+            raise CannotAssociate(f"{peer.ae_title} needs DICOM TLS: {exc}") from None
     connected = threading.Event()
     assoc = ae.associate(
         peer.host,
         peer.port,
         contexts=list(contexts),
         ae_title=peer.ae_title,
-        max_pdu=max_pdu,
+        max_pdu=settings.dimse_max_pdu,
         ext_neg=list(ext_neg) or None,
+        tls_args=tls_args,
         evt_handlers=[*connection_handlers(), (evt.EVT_CONN_OPEN, lambda _e: connected.set())],
     )
     if assoc.is_established:
         return assoc
-    if not connected.is_set():
+    if not connected.is_set() and tls_args is not None:
+        why = "could not be reached, or the TLS handshake failed (certificate or name; see the log)"
+    elif not connected.is_set():
         why = "could not be reached (no connection)"
     elif assoc.is_rejected:
         why = "rejected the association"
@@ -368,9 +381,7 @@ def send_instances(
     """
     if not instances:
         return []
-    assoc = associate(
-        ae, peer, proposed_contexts(instances), max_pdu=archive.settings.dimse_max_pdu
-    )
+    assoc = associate(ae, peer, proposed_contexts(instances), settings=archive.settings)
     sender = StoredInstanceSender(assoc, archive)
     outcomes: list[SendOutcome] = []
     try:

@@ -59,6 +59,7 @@ from cloudfilm.dimse.selection import (
     STUDY_ROOT_MOVE,
 )
 from cloudfilm.dimse.store import handle_echo, handle_store
+from cloudfilm.dimse.tls import admitted_over_tls, peer_certificate_subject, server_context
 from cloudfilm.dimse.workers import DimseWorkers
 
 logger = logging.getLogger(__name__)
@@ -132,12 +133,16 @@ class DimseServer:
         port: int | None = None,
         ae_title: str | None = None,
         workers: bool = True,
+        tls_port: int | None = None,
     ) -> None:
         settings = archive.settings
         self.archive = archive
         self.ae_title = ae_title or settings.dimse_ae_title
         self.host = host if host is not None else settings.dimse_host
         self.port = port if port is not None else settings.dimse_port
+        #: The DICOM TLS listener's port (0: any free one), or None for none.
+        self.tls_port = tls_port if tls_port is not None else settings.dimse_tls_port
+        self._tls_server: Any = None
         self.directory = PeerDirectory(archive)
         self._principals: weakref.WeakKeyDictionary[Any, DimsePrincipal] = (
             weakref.WeakKeyDictionary()
@@ -196,14 +201,27 @@ class DimseServer:
         )
         self.port = int(self._server.server_address[1])
         tune_server(self._server)
+        if self.tls_port is not None:
+            self._tls_server = self.ae.start_server(
+                (self.host, self.tls_port),
+                block=False,
+                ssl_context=server_context(self.archive.settings),
+                evt_handlers=handlers,
+            )
+            self.tls_port = int(self._tls_server.server_address[1])
+            tune_server(self._tls_server)
+            logger.info("DICOM TLS listening on %s:%d", self.host, self.tls_port)
         if self._run_workers:
             self.workers.start()
         logger.info("DIMSE server %s listening on %s:%d", self.ae_title, self.host, self.port)
 
     def stop(self) -> None:
         """Stop listening, abort the associations still open, release the port."""
+        if self._tls_server is not None:
+            self._shutdown_listener(self._tls_server, self.tls_port or 0)
+            self._tls_server = None
         if self._server is not None:
-            self._shutdown_listener(self._server)
+            self._shutdown_listener(self._server, self.port)
             self._server = None
         self.workers.stop()
         self.ae.shutdown()
@@ -212,7 +230,7 @@ class DimseServer:
         commitment.uninstall(self.ae)
         self._stopped.set()
 
-    def _shutdown_listener(self, server: Any) -> None:
+    def _shutdown_listener(self, server: Any, port: int) -> None:
         """Stop the accept loop now, not at its next 0.5 s poll: a connection wakes it."""
         stopping = threading.Thread(target=server.shutdown, name="dimse-shutdown")
         stopping.start()
@@ -220,7 +238,7 @@ class DimseServer:
         host = "::1" if host == "::" else host
         while stopping.is_alive():
             with contextlib.suppress(OSError):
-                socket.create_connection((host, self.port), timeout=0.2).close()
+                socket.create_connection((host, port), timeout=0.2).close()
             stopping.join(0.05)
 
     def serve_forever(self) -> None:
@@ -250,11 +268,13 @@ class DimseServer:
         try:
             calling = str(assoc.requestor.primitive.calling_ae_title).strip()
             address = str(assoc.requestor.address)
+            over_tls = admitted_over_tls(assoc)
             decision = admit(
                 self.directory,
                 calling,
                 address,
                 accept_unknown_storage=self.archive.settings.dimse_accept_unknown_storage,
+                over_tls=over_tls,
             )
         except Exception:
             logger.exception("association admission failed")
@@ -272,7 +292,14 @@ class DimseServer:
         assoc.acceptor.supported_contexts = [
             cx for cx in assoc.acceptor.supported_contexts if _may_use(principal, cx)
         ]
-        logger.debug("association from %s admitted", principal)
+        if over_tls:
+            logger.info(
+                "DICOM TLS association from %s, certificate %s",
+                principal,
+                peer_certificate_subject(assoc) or "(none)",
+            )
+        else:
+            logger.debug("association from %s admitted", principal)
 
     def _on_closed(self, event: Any) -> None:
         with self._lock:

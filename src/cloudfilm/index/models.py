@@ -177,6 +177,8 @@ class DimsePeer(Base):
     can_retrieve: Mapped[bool] = mapped_column(default=False)
     #: May print to the virtual film printer (``cloudfilm.dimse.printing``).
     can_print: Mapped[bool] = mapped_column(default=False)
+    #: Only over DICOM TLS, both ways (``cloudfilm.dimse.tls``).
+    tls: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
