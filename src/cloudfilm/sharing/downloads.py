@@ -66,13 +66,18 @@ def download_study(
 @share_router.get("/download.zip")
 def download_shared(
     request: Request,
+    token: Annotated[str, Path(description="the cloud film link's token")],
     archive: ArchiveDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     study: Annotated[list[str] | None, Query(description="Study Instance UID(s)")] = None,
     transcode: Transcode = None,
 ) -> StreamingResponse:
-    """The originals of the share's studies (or of the ``study`` parameters) as one ZIP."""
+    """The originals of the share's studies (or of the ``study`` parameters) as one ZIP.
+
+    ``token`` is read by the principal dependency; it is declared here for the OpenAPI spec.
+    """
+    del token
     if study:
         uids = list(dict.fromkeys(study))
     elif principal.study_uids is not None:
