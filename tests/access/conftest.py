@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sharing"))
 
+from doors_support import world  # noqa: F401  (a fixture of the door tests)
 from share_support import ThreadServer
 
 from cloudfilm.api.app import create_app

@@ -7,56 +7,19 @@ and one of hospital B; callers are API keys (``Authorization: Bearer``) and a si
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from fastapi.testclient import TestClient
+from doors_support import World
 
-from cloudfilm.access.accounts import Accounts, utcnow
-from cloudfilm.api.app import create_app
+from cloudfilm.access.accounts import utcnow
 from cloudfilm.api.deps import STAFF_COOKIE
 from cloudfilm.archive import Archive
 from support.instances import make_dataset, part10
 
 pytestmark = pytest.mark.db
-
-
-@dataclass
-class World:
-    client: TestClient
-    accounts: Accounts
-    study_a: str
-    series_a: str
-    sop_a: str
-    study_b: str
-
-    def key(self, institution: str | None, role: str) -> dict[str, str]:
-        _, key = self.accounts.create_api_key(institution, role)
-        return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def world(archive: Archive) -> Iterator[World]:
-    accounts = Accounts(archive)
-    a = accounts.add_institution("hosp-a", "医院甲").pk
-    b = accounts.add_institution("hosp-b").pk
-    ds_a = make_dataset(
-        PatientID="PA", PatientName="Zhang^San=张^三", SpecificCharacterSet="ISO_IR 192"
-    )
-    ds_b = make_dataset(PatientID="PB")
-    assert archive.store(part10(ds_a), institution=a).ok
-    assert archive.store(part10(ds_b), institution=b).ok
-    settings = archive.settings.model_copy(update={"env": "production", "secret_key": "k" * 40})
-    app = create_app(settings, archive)
-    with TestClient(app) as client:
-        yield World(
-            client, Accounts(archive, settings), ds_a.StudyInstanceUID, ds_a.SeriesInstanceUID,
-            ds_a.SOPInstanceUID, ds_b.StudyInstanceUID,
-        )  # fmt: skip
 
 
 def _studies(world: World, headers: dict[str, str]) -> set[str]:

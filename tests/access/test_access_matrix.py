@@ -143,6 +143,8 @@ DOORS: dict[tuple[str, str], Door] = {
     ("GET", "/staff/signin"): public(),
     ("POST", "/staff/signin"): public(ok=CSRF, why="403: the form carries no CSRF token"),
     ("POST", "/staff/signout"): public(ok=CSRF, why="403: the form carries no CSRF token"),
+    ("POST", "/oauth/token"): public(ok=(400, 401, 415),
+                                     why="no form, no grant_type, or no client credentials"),
     ("GET", "/staff/password"): staff_page(USERS, why="users only: an API key has no password"),
     ("POST", "/staff/password"): api(USERS, others=403, ok=CSRF, why="403: no CSRF token"),
     # staff pages (B's staff get the same pages with B's studies and films)

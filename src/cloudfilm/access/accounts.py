@@ -390,6 +390,14 @@ class Accounts:
                 session.execute(update(ApiKey).where(ApiKey.pk == info.pk).values(last_used_at=now))
         return info
 
+    def active_api_key(self, key_id: str) -> ApiKeyInfo | None:
+        """The key with this id if it is not revoked (for an OAuth token that names it)."""
+        with self.archive.sessions() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
+            if row is None or row.revoked_at is not None:
+                return None
+            return _api_key(row, self._institution_of(session, row.institution_pk))
+
     @staticmethod
     def _mac(key: bytes, body: str) -> str:
         return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()

@@ -20,14 +20,22 @@ def accounts_for(request: Request) -> Accounts:
 
 
 def principal_of_request(request: Request) -> Principal | None:
-    """The API client of an ``Authorization`` header (401 when it is not a valid key), else
-    the signed-in user of the staff cookie, else None."""
+    """The API client of an ``Authorization`` header (an API key or an OAuth access token;
+    401 when it is not valid), else the signed-in user of the staff cookie, else None."""
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
             raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-        key = accounts_for(request).api_key(value.strip())
+        if not value.startswith("cfk_") and value.count(".") == 2:  # an OAuth access token
+            from cloudfilm.access.oauth import narrowed, tokens_for
+
+            found = tokens_for(request).key_of(value)
+            if found is None:
+                raise Unauthorized("this access token is not valid (expired, forged or revoked)")
+            return narrowed(key_principal(request.app.state.archive, found[0]), found[1])
+        key = accounts_for(request).api_key(value)
         if key is None:
             raise Unauthorized("this API key is not valid (wrong, or revoked)")
         return key_principal(request.app.state.archive, key)

@@ -171,6 +171,7 @@ LOGOUT = _dcm("110123", "Logout")
 EVENTS: dict[str, EventKind] = {
     "sign-in": EventKind(AUTHENTICATION, "E", LOGIN),
     "sign-in-failed": EventKind(AUTHENTICATION, "E", LOGIN),
+    "oauth-token": EventKind(AUTHENTICATION, "E", LOGIN),
     "sign-out": EventKind(AUTHENTICATION, "E", LOGOUT),
     "view": EventKind(ACCESSED, "R"),
     "share-open": EventKind(ACCESSED, "R"),

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     dimse_queue_keep_days: int = Field(
         7, ge=0, le=3650, description="days finished jobs stay listed; 0 keeps them for ever"
     )
+    oauth_token_minutes: int = Field(
+        60, ge=1, le=1440, description="lifetime of an OAuth 2.0 access token, in minutes"
+    )
     share_default_days: int = Field(
         365, ge=1, le=3650, description="validity of a new cloud film link, in days"
     )
