@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -102,11 +101,15 @@ class OAuthTokens:
             "exp": int((now + timedelta(seconds=lifetime)).timestamp()),
             "jti": secrets.token_urlsafe(12),
         }
+        import jwt  # here, not at import: PyJWT loads cryptography's backends (≈ 7 MB)
+
         token = jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"typ": "at+jwt"})
         return IssuedToken(token, lifetime, " ".join(granted))
 
     def key_of(self, token: str) -> tuple[ApiKeyInfo, frozenset[str]] | None:
         """The active API key and the scope of a valid access token; None otherwise."""
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,

@@ -35,9 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-import highdicom as hd
 import numpy as np
-from fpdf import FPDF
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
@@ -579,6 +577,8 @@ def _sheet_dataset(
     now = now or datetime.now()
     source = normalised_header(header)
     pixels = sheet.pixels
+    import highdicom as hd  # here, not at import: it costs the server ≈ 30 MB of RSS
+
     # highdicom asks a Patient Orientation of a PATIENT image; a sheet of many images has
     # none, so the Type 2 attribute is emptied afterwards (PS3.3 C.7.6.1).
     ds: Dataset = hd.sc.SCImage(
@@ -688,6 +688,8 @@ def sheet_png(image: Image.Image, dpi: float) -> bytes:
 def sheet_pdf(image: Image.Image, width_mm: float, height_mm: float, title: str = "Film") -> bytes:
     """A one-page PDF of the film's size with the sheet image at full resolution (lossless,
     Flate)."""
+    from fpdf import FPDF  # here, not at import: it costs the server ≈ 15 MB of RSS
+
     orientation = "landscape" if width_mm > height_mm else "portrait"
     short, long = sorted((width_mm, height_mm))
     pdf = FPDF(orientation=orientation, unit="mm", format=(short, long))
