@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, bindparam, select
 
 from cloudfilm.core.errors import NotFound
 from cloudfilm.index.models import Instance, Series, Study
@@ -52,6 +52,26 @@ _COLUMNS: tuple[Any, ...] = (
 )
 
 
+def _statement(by_series: bool, by_instance: bool) -> Select[Any]:
+    stmt = (
+        select(*_COLUMNS)
+        .select_from(Instance)
+        .join(Series, Series.pk == Instance.series_pk)
+        .join(Study, Study.pk == Series.study_pk)
+        .where(Study.study_uid == bindparam("study"))
+    )
+    if by_series:
+        stmt = stmt.where(Series.series_uid == bindparam("series"))
+    if by_instance:
+        stmt = stmt.where(Instance.sop_instance_uid == bindparam("sop"))
+    return stmt.order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
+
+
+#: The four look-ups, built once: building a SELECT costs more CPU than SQLite running it
+#: (≈ 0.5 ms per request, measured on /rendered).
+_STATEMENTS = {(s, i): _statement(s, i) for s in (False, True) for i in (False, True)}
+
+
 def find_instances(
     conn: Connection,
     study_uid: str,
@@ -65,19 +85,9 @@ def find_instances(
     NotFound
         When nothing matches (an unknown study, a series of another study, ...).
     """
-    stmt = (
-        select(*_COLUMNS)
-        .select_from(Instance)
-        .join(Series, Series.pk == Instance.series_pk)
-        .join(Study, Study.pk == Series.study_pk)
-        .where(Study.study_uid == study_uid)
-    )
-    if series_uid is not None:
-        stmt = stmt.where(Series.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        stmt = stmt.where(Instance.sop_instance_uid == sop_instance_uid)
-    stmt = stmt.order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
-    found = [StoredInstance(*row) for row in conn.execute(stmt)]
+    stmt = _STATEMENTS[(series_uid is not None, sop_instance_uid is not None)]
+    params = {"study": study_uid, "series": series_uid, "sop": sop_instance_uid}
+    found = [StoredInstance(*row) for row in conn.execute(stmt, params)]
     if not found:
         raise NotFound(_missing(study_uid, series_uid, sop_instance_uid))
     return found
