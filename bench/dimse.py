@@ -90,6 +90,9 @@ def free_port() -> int:
 
 # =================================================================================== servers
 
+#: ``cloudfilm dimse --processes`` of the runs (``--processes``; 1 is the default setting).
+PROCESSES = [1]
+
 
 @dataclass
 class Server:
@@ -114,6 +117,7 @@ class Server:
             env |= {
                 "CLOUDFILM_DIMSE_PEERS": json.dumps(PEERS),
                 "CLOUDFILM_LOG_LEVEL": "WARNING",
+                "CLOUDFILM_DIMSE_PROCESSES": str(PROCESSES[0]),
             }
             cmd = [sys.executable, "-m", "cloudfilm.cli", "dimse", "--data-dir",
                    str(self.storage), "--port", str(self.dicom_port)]  # fmt: skip
@@ -399,11 +403,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="before each timed run, wait up to this long for a quiet machine",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes of cloudfilm's DIMSE server (1, the default setting)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
     parser.add_argument("--refresh-data", action="store_true", help="regenerate the data sets")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.slices < 4 or args.studies < 10 or args.queries < 1:
         parser.error("--rounds, --queries ≥ 1, --slices ≥ 4, --studies ≥ 10")
+    if not 1 <= args.processes <= 64:
+        parser.error("--processes is 1 to 64")
     return args
 
 
@@ -414,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"DCMTK's {tool} is not in {DCMTK} (apt-get install dcmtk)")
     if not ORTHANC.is_file():
         raise SystemExit(f"{ORTHANC} is missing (apt-get install orthanc)")
+    PROCESSES[0] = args.processes
     data = generate_dataset(modality="CT", slices=args.slices, refresh=args.refresh_data)
     files = list(data.files)
     find_files = find_dataset(args.studies, args.refresh_data)
@@ -425,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(run_dir, PACKAGES)
     print(f"cloudfilm DIMSE benchmark beside Orthanc — {started:%Y-%m-%d %H:%M} UTC")
     print(format_machine(machine))
+    print(f"cloudfilm: cloudfilm dimse --processes {args.processes}")
     print(f"data:     {len(files)} CT instances, {data.total_bytes / MB:.1f} MB, from "
           f"{data.generator}; {len(find_files)} one-instance studies for C-FIND")  # fmt: skip
     version = subprocess.run([str(ORTHANC), "--version"], capture_output=True, text=True)

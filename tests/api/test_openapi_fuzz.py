@@ -28,9 +28,9 @@ _EXAMPLES = 25
 
 
 def _application(folder: Path) -> tuple[Archive, object, str]:
-    settings = Settings(data_dir=folder, min_free_bytes=0, storage="file").model_copy(
-        update={"env": "production", "secret_key": "s" * 40}
-    )
+    settings = Settings(  # SQLite in the folder, whatever CLOUDFILM_DATABASE_URL says
+        data_dir=folder, database_url=None, min_free_bytes=0, storage="file"
+    ).model_copy(update={"env": "production", "secret_key": "s" * 40})
     archive = Archive.open(settings)
     accounts = Accounts(archive, settings)
     accounts.add_institution("hosp-a")

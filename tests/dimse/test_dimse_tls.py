@@ -53,6 +53,7 @@ def rogue(tmp_path_factory: pytest.TempPathFactory) -> Identity:
 def _tls_settings(folder: Path, ca: TestCa, me: Identity, **extra: object) -> Settings:
     return Settings(
         data_dir=folder,
+        database_url=None,  # SQLite in the folder, whatever CLOUDFILM_DATABASE_URL says
         min_free_bytes=0,
         storage="file",
         dimse_tls_certificate=me.certificate,

@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     dimse_max_associations: int = Field(
         16, ge=1, le=256, description="most DIMSE associations served at the same time"
     )
+    dimse_processes: int = Field(
+        1, ge=1, le=64,
+        description="processes of `cloudfilm dimse` sharing its port(s); more use more cores",
+    )  # fmt: skip
     dimse_accept_unknown_storage: bool = Field(
         False, description="accept C-ECHO and C-STORE from AE titles that are not known peers"
     )

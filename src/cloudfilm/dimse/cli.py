@@ -155,32 +155,52 @@ def dimse_command(
     ae_title: Annotated[
         str | None, typer.Option("--ae-title", help="Our AE title (default CLOUDFILM).")
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Processes sharing the port(s), for parallel stores (default 1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the DICOM (DIMSE) server alone: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET."""
     from cloudfilm import cli
-    from cloudfilm.dimse.server import DimseServer
+    from cloudfilm.dimse.processes import ProcessGroup
 
-    settings = cli._settings(data_dir, dimse_host=host, dimse_port=port, dimse_ae_title=ae_title)
+    settings = cli._settings(
+        data_dir, dimse_host=host, dimse_port=port, dimse_ae_title=ae_title,
+        dimse_processes=processes,
+    )  # fmt: skip
     archive = _open(settings.data_dir)
-    server = DimseServer(
+    group = ProcessGroup(
         archive,
+        settings.dimse_processes,
         host=settings.dimse_host,
         port=settings.dimse_port,
         ae_title=settings.dimse_ae_title,
     )
+    server = group.server
     try:
-        server.start()
+        group.start()
+    except RuntimeError as exc:  # a child process that did not start (its error is above)
+        err.print(f"[red]{exc}[/red]")
+        archive.close()
+        raise typer.Exit(2) from exc
     except OSError as exc:  # ssl.SSLError too: a certificate or key that cannot be used
         err.print(f"[red]cannot listen on {server.host}:{server.port}: {exc}[/red]")
+        group.stop()
         archive.close()
         raise typer.Exit(2) from exc
     console.print(
         f"cloudfilm DIMSE server {server.ae_title} listening on {server.host}:{server.port}"
+        + (f" in {group.count} processes" if group.count > 1 else "")
     )
     if server.tls_port is not None:
         console.print(f"DICOM TLS on {server.host}:{server.tls_port}")
     try:
-        server.serve_forever()
+        group.serve_forever()
     finally:
         archive.close()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import weakref
 from typing import Any
@@ -41,6 +42,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -122,6 +124,16 @@ def _may_use(principal: DimsePrincipal, context: Any) -> bool:
     return True
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """A listener whose port other processes may bind too (``SO_REUSEPORT``): the kernel
+    spreads new connections over the processes listening on it."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class DimseServer:
     """The DIMSE SCP of ``archive``; ``start()`` serves in background threads."""
 
@@ -134,6 +146,7 @@ class DimseServer:
         ae_title: str | None = None,
         workers: bool = True,
         tls_port: int | None = None,
+        share_port: bool = False,
     ) -> None:
         settings = archive.settings
         self.archive = archive
@@ -143,6 +156,8 @@ class DimseServer:
         #: The DICOM TLS listener's port (0: any free one), or None for none.
         self.tls_port = tls_port if tls_port is not None else settings.dimse_tls_port
         self._tls_server: Any = None
+        #: Bind with SO_REUSEPORT, so that other processes serve the same port(s).
+        self.share_port = share_port
         self.directory = PeerDirectory(archive)
         self._principals: weakref.WeakKeyDictionary[Any, DimsePrincipal] = (
             weakref.WeakKeyDictionary()
@@ -196,24 +211,36 @@ class DimseServer:
             (evt.EVT_C_STORE, self._on_store),
             *self.printer.handlers(),
         ]
-        self._server = self.ae.start_server(
-            (self.host, self.port), block=False, evt_handlers=handlers
-        )
+        self._server = self._listen(self.port, handlers)
         self.port = int(self._server.server_address[1])
-        tune_server(self._server)
         if self.tls_port is not None:
-            self._tls_server = self.ae.start_server(
-                (self.host, self.tls_port),
-                block=False,
-                ssl_context=server_context(self.archive.settings),
-                evt_handlers=handlers,
+            self._tls_server = self._listen(
+                self.tls_port, handlers, server_context(self.archive.settings)
             )
             self.tls_port = int(self._tls_server.server_address[1])
-            tune_server(self._tls_server)
             logger.info("DICOM TLS listening on %s:%d", self.host, self.tls_port)
         if self._run_workers:
             self.workers.start()
         logger.info("DIMSE server %s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    def _listen(
+        self, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None = None
+    ) -> Any:
+        """A listener on ``port``, accepting in a background thread; with ``share_port``, one
+        that other processes may bind too (``cloudfilm.dimse.processes``)."""
+        server_class = _SharedPortServer if self.share_port else ThreadedAssociationServer
+        server = self.ae.make_server(
+            (self.host, port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=server_class,
+        )
+        thread = threading.Thread(target=server.serve_forever, name=f"dimse-accept-{port}")
+        thread.daemon = True
+        thread.start()
+        self.ae._servers.append(server)
+        tune_server(server)
+        return server
 
     def stop(self) -> None:
         """Stop listening, abort the associations still open, release the port."""
@@ -229,6 +256,16 @@ class DimseServer:
         find.uninstall(self.ae)
         commitment.uninstall(self.ae)
         self._stopped.set()
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start()`` has run (and the server listens, unless stopped since)."""
+        return self._server is not None or self._stopped.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop()`` has run."""
+        return self._stopped.is_set()
 
     def _shutdown_listener(self, server: Any, port: int) -> None:
         """Stop the accept loop now, not at its next 0.5 s poll: a connection wakes it."""
