@@ -35,7 +35,7 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
 def test_peers_add_list_remove(cli_env: dict[str, str]) -> None:
     code, out = cli(cli_env, "peers", "add", "CT1", "10.1.2.3", "104", "--allow", "store,query",
                     "--from", "10.1.2.0/24", "--from", "ct1.example", "--description", "CT room 3",
-                    "--institution", "Hospital A")  # fmt: skip
+                    "--institution", "Hospital A", "--department", "radiology")  # fmt: skip
     assert code == 0, out
     assert "may query, store" in out
     code, out = cli(cli_env, "peers", "add", "PACS", "10.9.9.9", "11112", "--allow", "none")
@@ -46,7 +46,7 @@ def test_peers_add_list_remove(cli_env: dict[str, str]) -> None:
     assert listed["CT1"] == {
         "ae_title": "CT1", "host": "10.1.2.3", "port": 104, "allow": ["query", "store"],
         "allowed_from": ["10.1.2.0/24", "ct1.example"], "description": "CT room 3",
-        "institution": "Hospital A", "tls": False, "origin": "index",
+        "institution": "Hospital A", "department": "radiology", "tls": False, "origin": "index",
     }  # fmt: skip
     assert listed["PACS"]["allow"] == []
     code, out = cli(cli_env, "peers", "list")

@@ -60,12 +60,14 @@ class DimsePeerConfig(BaseModel):
     ae_title: str
     host: str
     port: int = Field(104, ge=1, le=65535)
-    #: What it may ask of us: any of "store", "query", "retrieve".
-    allow: list[Literal["store", "query", "retrieve"]] = ["store"]
+    #: What it may ask of us: any of "store", "query", "retrieve", "print".
+    allow: list[Literal["store", "query", "retrieve", "print"]] = ["store"]
     #: Addresses it may call from: host names, IP addresses or CIDR blocks; empty = ``host``.
     allowed_from: list[str] = []
     description: str = ""
     institution: str = ""
+    #: Department it belongs to (e.g. "radiology"), for the figures of film saved.
+    department: str = ""
     #: Talk to it over DICOM TLS only, both ways (see docs/dimse.md, "DICOM TLS").
     tls: bool = False
 

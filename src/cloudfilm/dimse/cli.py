@@ -62,6 +62,9 @@ def peers_add(
     institution: Annotated[
         str, typer.Option(help="Institution whose studies arrive from it.")
     ] = "",
+    department: Annotated[
+        str, typer.Option(help="Department it belongs to (e.g. radiology), for the film figures.")
+    ] = "",
     tls: Annotated[
         bool,
         typer.Option(
@@ -85,6 +88,7 @@ def peers_add(
                 allowed_from=tuple(from_ or ()),
                 description=description,
                 institution=institution,
+                department=department,
                 tls=tls,
             )
         )
@@ -115,12 +119,13 @@ def peers_list(
         print(json.dumps([p.as_json() for p in peers], ensure_ascii=False, indent=2))
         return
     table = Table("AE title", "Host", "Port", "TLS", "Allow", "Calls from", "Institution",
-                  "Description", "Defined in")  # fmt: skip
+                  "Department", "Description", "Defined in")  # fmt: skip
     for p in peers:
         table.add_row(
             p.ae_title, p.host, str(p.port), "yes" if p.tls else "",
             ",".join(sorted(x.value for x in p.permissions)),
-            ", ".join(p.allowed_from) or p.host, p.institution, p.description, p.origin,
+            ", ".join(p.allowed_from) or p.host, p.institution, p.department, p.description,
+            p.origin,
         )  # fmt: skip
     console.print(table)
     console.print(f"{len(peers)} peers")

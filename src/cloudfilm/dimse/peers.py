@@ -92,6 +92,8 @@ class Peer:
     allowed_from: tuple[str, ...] = ()
     description: str = ""
     institution: str = ""
+    #: Department of the institution it belongs to (e.g. ``radiology``), for the film figures.
+    department: str = ""
     #: Reached and admitted over DICOM TLS only (``cloudfilm.dimse.tls``).
     tls: bool = False
     #: Where the peer is defined: the index (``cloudfilm peers``) or the configuration file.
@@ -117,6 +119,7 @@ class Peer:
             "allowed_from": list(self.allowed_from),
             "description": self.description,
             "institution": self.institution,
+            "department": self.department,
             "tls": self.tls,
             "origin": self.origin,
         }
@@ -157,6 +160,7 @@ def _from_config(item: DimsePeerConfig) -> Peer:
         allowed_from=tuple(check_address_pattern(p) for p in item.allowed_from),
         description=item.description,
         institution=item.institution,
+        department=item.department,
         tls=item.tls,
         origin="config",
     )
@@ -177,6 +181,7 @@ def _from_row(row: DimsePeer) -> Peer:
         allowed_from=tuple(row.allowed_from or ()),
         description=row.description,
         institution=row.institution,
+        department=row.department,
         tls=row.tls,
         origin="index",
     )
@@ -231,6 +236,7 @@ class PeerDirectory:
             allowed_from=[check_address_pattern(p) for p in peer.allowed_from],
             description=peer.description,
             institution=peer.institution,
+            department=peer.department.strip(),
             can_store=Permission.STORE in peer.permissions,
             can_query=Permission.QUERY in peer.permissions,
             can_retrieve=Permission.RETRIEVE in peer.permissions,

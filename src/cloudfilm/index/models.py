@@ -172,6 +172,8 @@ class DimsePeer(Base):
     description: Mapped[str] = mapped_column(String(400), default="")
     #: The institution whose studies arrive from it (free text for now).
     institution: Mapped[str] = mapped_column(String(200), default="")
+    #: Department of that institution (e.g. ``radiology``), for the figures of film saved.
+    department: Mapped[str] = mapped_column(String(200), default="")
     can_store: Mapped[bool] = mapped_column(default=False)
     can_query: Mapped[bool] = mapped_column(default=False)
     can_retrieve: Mapped[bool] = mapped_column(default=False)
@@ -243,6 +245,33 @@ class DimseForward(DurableJob, Base):
     #: Where the instance came from ("dimse:CT1", "stow", "import") and the rule that matched.
     source: Mapped[str] = mapped_column(String(100), default="")
     rule: Mapped[str] = mapped_column(String(200), default="")
+
+
+class FilmPrint(DurableJob, Base):
+    """A film sheet to print on real film, on a film printer that is a known peer (Print SCU,
+    ``cloudfilm.film.passthrough``): queued by a pass-through rule when a modality printed
+    to the virtual printer, or by staff for a patient who still wants film.
+
+    The sheet is a stored film sheet (``study_uid`` and ``sop_instance_uid``) or a sheet
+    still waiting in the unmatched list (``printed_film_pk``).
+    """
+
+    __tablename__ = "film_print"
+    __table_args__ = (Index("ix_film_print_due", "state", "next_attempt_at"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: AE title of the film printer (a known peer).
+    printer: Mapped[str] = mapped_column(String(16))
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    printed_film_pk: Mapped[int | None] = mapped_column(Integer)
+    #: Code of the institution the sheet belongs to ('' when none), for the film figures.
+    institution: Mapped[str] = mapped_column(String(64), default="")
+    #: Film Size ID (2010,0050) the sheet is printed on, e.g. ``14INX17IN``.
+    film_size: Mapped[str] = mapped_column(String(16), default="")
+    copies: Mapped[int] = mapped_column(Integer, default=1)
+    #: Who asked: ``rule:<calling AE>`` or ``staff:<username>``.
+    requested_by: Mapped[str] = mapped_column(String(200), default="")
 
 
 class PrintedFilm(Base):
