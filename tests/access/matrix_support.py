@@ -47,6 +47,7 @@ FORM_ROUTES = {
     "/s/{token}/unlock", "/s/{token}/renew", "/s/{token}/reshares",
     "/s/{token}/reshares/{share_id}/revoke", "/staff/signin", "/staff/signout",
     "/staff/password", "/staff/shares", "/staff/shares/{share_id}/revoke",
+    "/staff/studies/{study_uid}/film-prints",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).

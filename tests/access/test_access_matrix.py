@@ -155,6 +155,9 @@ DOORS: dict[tuple[str, str], Door] = {
     ("GET", "/staff/{rest:path}"): staff_page(SHARE_STAFF | OTHERS, ok=(404,),
                                               why="404: no such staff page"),
     ("POST", "/staff/shares"): api(SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token"),
+    ("POST", "/staff/studies/{study_uid}/film-prints"): api(
+        SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token (before the study is looked at)"
+    ),
     ("POST", "/staff/shares/{share_id}/revoke"): api(
         SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token (before the share is looked at)"
     ),
@@ -173,6 +176,10 @@ DOORS: dict[tuple[str, str], Door] = {
         SEES_A, ok=(404,), why="404: there is no film sheet of that name"
     ),
     ("POST", "/api/studies/{study_uid}/films"): api(STORE_A, ok=(400,), why="400: no body"),
+    ("GET", "/api/studies/{study_uid}/film-prints"): VIEW_A,
+    ("POST", "/api/studies/{study_uid}/film-prints"): api(
+        STORE_A, ok=(400,), why="400: no film printer is configured"
+    ),
     ("POST", "/api/studies/{study_uid}/reports"): api(STORE_A, ok=(400,), why="400: no body"),
     ("GET", "/viewer/studies/{study_uid}"): VIEW_A,
     ("GET", "/iid"): VIEW_A,

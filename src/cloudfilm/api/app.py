@@ -23,6 +23,7 @@ from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.film.routes import router as films_router
+from cloudfilm.film.staff_pages import router as film_staff_router
 from cloudfilm.index.queries import archive_totals
 from cloudfilm.sharing import downloads, reports
 from cloudfilm.sharing.routes import add_share_routes
@@ -92,6 +93,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
 
     app.include_router(build_dicomweb_router(settings))
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
+    app.include_router(film_staff_router)  # likewise
     app.include_router(oauth_router)
     add_share_routes(app, settings)
     app.include_router(downloads.router)

@@ -74,6 +74,28 @@ class DimsePeerConfig(BaseModel):
     _ae = field_validator("ae_title")(check_ae_title)
 
 
+class FilmPassThroughConfig(BaseModel):
+    """A pass-through rule: sheets printed to the virtual printer by matching callers are
+    also printed on real film, on a film printer that is a known peer (docs/film.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: AE title of the film printer (a known peer).
+    printer: str
+    #: Only sheets printed by this calling AE title; None: any.
+    from_ae: str | None = None
+    #: Only sheets printed by peers of this institution (its code); None: any.
+    institution: str | None = None
+    copies: int = Field(1, ge=1, le=10)
+
+    _printer = field_validator("printer")(check_ae_title)
+
+    @field_validator("from_ae")
+    @classmethod
+    def _from_ae(cls, value: str | None) -> str | None:
+        return None if value is None else check_ae_title(value)
+
+
 class DimseRouteConfig(BaseModel):
     """A routing rule: instances that arrive and match are forwarded to a known peer.
 
@@ -312,6 +334,13 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="most image bytes the virtual printer holds for one association",
     )
+    film_printer: str | None = Field(
+        None, description="AE title of the known peer staff print on real film with, if any"
+    )
+    print_pass_through: list[FilmPassThroughConfig] = Field(
+        [],
+        description="rules: sheets printed by matching callers also go to a real film printer",
+    )
     audit_flush_seconds: float = Field(
         0.5, gt=0, le=60, description="longest wait before recorded audit events are written"
     )
@@ -324,6 +353,11 @@ class Settings(BaseSettings):
 
     _dimse_ae = field_validator("dimse_ae_title")(check_ae_title)
     _auto_share_modalities = field_validator("auto_share_modalities")(check_modalities)
+
+    @field_validator("film_printer")
+    @classmethod
+    def _film_printer(cls, value: str | None) -> str | None:
+        return None if value is None else check_ae_title(value)
 
     @field_validator("auto_share_source_aes")
     @classmethod

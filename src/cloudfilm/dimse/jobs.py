@@ -34,12 +34,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Conflict, NotFound
-from cloudfilm.index.models import AutoShare, DimseCommitment, DimseForward, utcnow
+from cloudfilm.index.models import AutoShare, DimseCommitment, DimseForward, FilmPrint, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: Tables of durable jobs (``AutoShare``: automatic cloud films, ``cloudfilm.sharing.auto``).
-JobModel = type[DimseForward] | type[DimseCommitment] | type[AutoShare]
+#: Tables of durable jobs (``AutoShare``: automatic cloud films, ``cloudfilm.sharing.auto``;
+#: ``FilmPrint``: sheets for a real film printer, ``cloudfilm.dimse.print_queue``).
+JobModel = type[DimseForward] | type[DimseCommitment] | type[AutoShare] | type[FilmPrint]
 
 #: How long a claim holds before another worker may take the job (renewed while working).
 LEASE = timedelta(minutes=10)

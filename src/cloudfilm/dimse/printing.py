@@ -100,6 +100,7 @@ from cloudfilm.film.layout import (
     parse_magnification,
     parse_orientation,
 )
+from cloudfilm.film.passthrough import pass_through_rules, queue_sheet
 from cloudfilm.film.printed import KeptFilm, PrintedSheet, keep_printed
 
 logger = logging.getLogger(__name__)
@@ -578,8 +579,35 @@ class PrintScp:
                 self.archive, principal, "print", "success",
                 study_uid=film.match.study_uid or "", detail=detail[:1000],
             )  # fmt: skip
+            self._pass_through(film, sheet, principal)
             kept.append(film)
         return kept
+
+    def _pass_through(
+        self, film: KeptFilm, sheet: ComposedSheet, principal: DimsePrincipal
+    ) -> None:
+        """Queue the kept sheet for the film printers of the pass-through rules it matches.
+
+        Never raises: the sheet is kept whatever happens here (a failure is logged)."""
+        rules = pass_through_rules(
+            self.archive.settings, principal.calling_ae, principal.institution
+        )
+        for rule in rules:
+            try:
+                queue_sheet(
+                    self.archive,
+                    printer=rule.printer,
+                    requested_by=f"rule:{principal.calling_ae}",
+                    film_size=sheet.size.id,
+                    institution=principal.institution,
+                    copies=rule.copies,
+                    study_uid=film.stored.study_uid if film.stored else None,
+                    sop_instance_uid=film.stored.sop_instance_uid if film.stored else None,
+                    printed_film_id=film.unmatched_id if film.stored is None else None,
+                )
+            except Exception:
+                logger.exception("sheet printed by %s not queued for %s", principal.calling_ae,
+                                 rule.printer)  # fmt: skip
 
     def _compose(self, box: FilmBox) -> ComposedSheet | None:
         cells: list[CellImage | None] = [None] * box.display_format.capacity

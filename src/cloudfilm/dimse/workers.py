@@ -1,8 +1,10 @@
-"""The background work of a server process: the forwarding queue and commitment reports.
+"""The background work of a server process: the forwarding queue, commitment reports and the
+film printing queue.
 
 ``cloudfilm dimse`` and ``cloudfilm serve`` run one ``DimseWorkers`` each (with or without the
 DIMSE server): one thread works the forwarding queue (``routing.ForwardWorker``), another
-retries storage commitment reports that could not be delivered (``commitment.Reporter``).
+retries storage commitment reports that could not be delivered (``commitment.Reporter``), a
+third prints queued sheets on real film printers (``print_queue.FilmPrintWorker``).
 Both look for due jobs every ``dimse_queue_poll_seconds`` and at once when this process queues
 one; jobs are claimed in the index, so any number of processes can run them side by side.
 """
@@ -18,9 +20,10 @@ from typing import Any
 from cloudfilm.archive import Archive
 from cloudfilm.dimse import jobs
 from cloudfilm.dimse.commitment import Reporter
+from cloudfilm.dimse.print_queue import FilmPrintWorker
 from cloudfilm.dimse.routing import ForwardWorker
 from cloudfilm.dimse.scu import scu_entity
-from cloudfilm.index.models import DimseCommitment, DimseForward
+from cloudfilm.index.models import DimseCommitment, DimseForward, FilmPrint
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,12 @@ class DimseWorkers:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.reporter = Reporter(archive, self.ae, self.ae_title, self.worker)
         self.forwarder = ForwardWorker(archive, self.ae, self.worker)
+        # Its own application entity: pynetdicom's N-service requests (send_n_create…) wait
+        # for the association's reactor to pause, which the server's event-driven
+        # associations (``reactor``) never do.
+        self.film_printer = FilmPrintWorker(
+            archive, scu_entity(settings, self.ae_title), self.worker
+        )
         self._purged = 0.0
         self._loops: list[jobs.JobLoop] = []
 
@@ -48,6 +57,7 @@ class DimseWorkers:
         self._loops = [
             jobs.JobLoop("dimse-forward", self._forward_step, interval),
             jobs.JobLoop("dimse-commitment", self.reporter.step, interval),
+            jobs.JobLoop("film-print", self.film_printer.step, interval),
         ]
         for loop in self._loops:
             loop.start()
@@ -60,7 +70,7 @@ class DimseWorkers:
     def _forward_step(self) -> bool:
         if time.monotonic() - self._purged > PURGE_EVERY:
             self._purged = time.monotonic()
-            for model in (DimseForward, DimseCommitment):
+            for model in (DimseForward, DimseCommitment, FilmPrint):
                 removed = jobs.purge(self.archive, model)
                 if removed:
                     logger.info("deleted %d finished %s row(s)", removed, model.__tablename__)

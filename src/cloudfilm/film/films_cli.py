@@ -1,5 +1,6 @@
 """``cloudfilm films unmatched|attach|png``: the sheets printed to the virtual film printer that
-wait for a study (``cloudfilm.film.printed``).
+wait for a study (``cloudfilm.film.printed``); ``cloudfilm films print|prints``: printing sheets
+on real film (``cloudfilm.film.passthrough``).
 
 Registered in ``cloudfilm.cli``. Exit codes as ``cloudfilm.cli``: 1 when the film or the study
 is missing or the film is already attached; 2 on a usage error.
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["films_app"]
 
 films_app = typer.Typer(
-    help="Printed films that wait for a study: list them, attach them.", no_args_is_help=True
+    help="Printed films that wait for a study; printing sheets on real film.",
+    no_args_is_help=True,
 )
 console = Console()
 err = Console(stderr=True)
@@ -126,3 +128,75 @@ def png_command(
     finally:
         archive.close()
     console.print(f"wrote {output}", highlight=False)
+
+
+@films_app.command("print")
+def print_command(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID whose sheets to print.")],
+    printer: Annotated[
+        str | None, typer.Option(help="AE title of the film printer (default: film_printer).")
+    ] = None,
+    sheet: Annotated[
+        list[str] | None,
+        typer.Option(help="SOP Instance UID of one film sheet (repeatable; default: all)."),
+    ] = None,
+    copies: Annotated[int, typer.Option(min=1, max=10, help="Copies of each sheet.")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Queue a study's film sheets for printing on real film (a patient who still wants film).
+
+    A running `cloudfilm serve` or `cloudfilm dimse` prints them; `cloudfilm films prints`
+    shows how far they are.
+    """
+    import getpass
+
+    from cloudfilm.core.errors import CloudFilmError
+    from cloudfilm.film.passthrough import queue_study_films
+
+    archive = _open(data_dir)
+    try:
+        queued = queue_study_films(
+            archive,
+            study_uid,
+            printer=printer,
+            requested_by=f"cli:{getpass.getuser()}",
+            copies=copies,
+            sop_instance_uids=sheet or (),
+        )
+    except CloudFilmError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        archive.close()
+    console.print(f"{len(queued)} sheet(s) queued for printing on film", highlight=False)
+
+
+@films_app.command("prints")
+def prints_command(
+    data_dir: DataDir = None,
+    json_out: JsonOut = False,
+    study: Annotated[str | None, typer.Option(help="Only this study's sheets.")] = None,
+) -> None:
+    """List the newest jobs of the film printing queue (printing on real film)."""
+    from cloudfilm.film.passthrough import film_prints
+
+    archive = _open(data_dir)
+    try:
+        found = film_prints(archive, study_uid=study)
+    finally:
+        archive.close()
+    if json_out:
+        sys.stdout.write(json.dumps([p.as_json() for p in found]) + "\n")
+        return
+    if not found:
+        console.print("no sheets queued for printing on film")
+        return
+    table = Table("id", "queued at", "printer", "state", "sheet", "size", "copies", "asked by",
+                  "attempts", "last error")  # fmt: skip
+    for job in found:
+        what = job.sop_instance_uid or f"printed film {job.printed_film_id}"
+        table.add_row(
+            str(job.id), job.created_at.strftime("%Y-%m-%d %H:%M:%S"), job.printer, job.state,
+            what, job.film_size, str(job.copies), job.requested_by, str(job.attempts),
+            job.last_error,
+        )  # fmt: skip
+    console.print(table)

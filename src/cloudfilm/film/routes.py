@@ -5,6 +5,9 @@
 * ``GET /api/studies/{study_uid}/films``: the study's sheets, oldest first.
 * ``GET /api/studies/{study_uid}/films/{sop_uid}.png`` / ``.pdf``: one sheet, the PNG at the
   sheet's resolution (pHYs set), the PDF one page of the film's size.
+* ``POST /api/studies/{study_uid}/film-prints`` (JSON, :class:`FilmPrintBody`) queues the
+  study's sheets (or some) for printing on real film (``cloudfilm.film.passthrough``): 202
+  with the jobs. Needs a principal that may store; ``GET`` lists the study's jobs.
 
 A study the caller may not see is answered 404, as one that does not exist. A body that cannot
 be read, a bad layout, film size or window is 400; a request the study cannot satisfy (a series
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -38,6 +41,7 @@ from cloudfilm.film.layout import (
     parse_magnification,
     parse_orientation,
 )
+from cloudfilm.film.passthrough import MAX_SHEETS_PER_REQUEST, film_prints, queue_study_films
 from cloudfilm.film.sheets import (
     FilmRequest,
     FrameRef,
@@ -141,6 +145,20 @@ def film_request(body: FilmBody, settings: Settings) -> FilmRequest:
 
 
 router = APIRouter(tags=["films"])
+
+
+class FilmPrintBody(BaseModel):
+    """A request to print a study's film sheets on real film."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: AE title of the film printer (a known peer); default the ``film_printer`` setting.
+    printer: str | None = Field(None, max_length=16)
+    #: SOP Instance UIDs of the sheets; empty: every film sheet of the study.
+    sheets: list[Annotated[str, Field(max_length=64, pattern=_UID)]] = Field(
+        [], max_length=MAX_SHEETS_PER_REQUEST
+    )
+    copies: int = Field(1, ge=1, le=10)
 
 
 def _visible(principal: Principal, study_uid: str) -> None:
@@ -251,6 +269,49 @@ async def export_film(
     )
 
 
+@router.post("/api/studies/{study_uid}/film-prints", status_code=202)
+async def print_films(
+    request: Request,
+    study_uid: Annotated[str, Path(description="Study Instance UID")],
+    archive: ArchiveDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """Queue the study's film sheets (all, or those named) for printing on real film."""
+    _visible(principal, study_uid)
+    if not principal.can_store():
+        raise Forbidden("printing on film needs a staff account that may store")
+    raw = await _read_body(request)
+    body = _validated(FilmPrintBody, raw) if raw.strip() else FilmPrintBody()
+    queued = await run_in_threadpool(
+        lambda: queue_study_films(
+            archive,
+            study_uid,
+            printer=body.printer,
+            requested_by=principal.label,
+            institution=principal.institution,
+            copies=body.copies,
+            sop_instance_uids=body.sheets,
+        )
+    )
+    jobs = await run_in_threadpool(film_prints, archive, study_uid=study_uid)
+    chosen = [job.as_json() for job in jobs if job.id in set(queued)]
+    return JSONResponse({"queued": len(queued), "jobs": chosen}, status_code=202)
+
+
+@router.get("/api/studies/{study_uid}/film-prints")
+async def list_film_prints(
+    study_uid: Annotated[str, Path(description="Study Instance UID")],
+    archive: ArchiveDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """The study's sheets queued for printing on real film, newest first."""
+    _visible(principal, study_uid)
+    jobs = await run_in_threadpool(film_prints, archive, study_uid=study_uid)
+    if not jobs:
+        await run_in_threadpool(_exists, archive, study_uid)
+    return JSONResponse([job.as_json() for job in jobs])
+
+
 async def _read_body(request: Request) -> bytes:
     """The request body, refused with 413 past :data:`MAX_BODY` bytes."""
     chunks: list[bytes] = []
@@ -266,12 +327,20 @@ async def _read_body(request: Request) -> bytes:
 def _parse_body(body: bytes) -> FilmBody:
     if not body:
         raise MalformedRequest("the request body is empty; send the film as JSON")
+    return _validated(FilmBody, body)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _validated(model: type[ModelT], body: bytes) -> ModelT:
+    """The JSON body as ``model``; MalformedRequest (400) saying what is wrong."""
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedRequest(f"the body is not JSON in UTF-8: {exc}") from exc
     try:
-        return FilmBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()

@@ -370,7 +370,7 @@ def study_page(
     uid = check_uid(study_uid)
     if not principal.can_view_study(uid):  # answered like a study not in the archive
         raise NotFound(f"study {uid} is not in the archive")
-    return _study(request, archive, uid)
+    return _study(request, archive, uid, principal=principal)
 
 
 def _study(
@@ -381,11 +381,15 @@ def _study(
     error: str | None = None,
     values: dict[str, str] | None = None,
     status: int = 200,
+    principal: Principal | None = None,
 ) -> Response:
     with archive.sessions() as session:
         detail = study_detail(session, study_uid)
     if detail is None:
         raise NotFound(f"study {study_uid} is not in the archive")
+    from cloudfilm.film.staff_pages import film_context  # the film pages import this module
+
+    films = film_context(request, archive, principal, study_uid) if principal else {}
     links = links_for(request)
     now = utcnow()
     shares = _study_shares(links, detail, now)
@@ -396,6 +400,9 @@ def _study(
         "next_url": f"{_root(request)}/staff/studies/{study_uid}",
         "viewer_url": f"{_root(request)}/viewer/studies/{study_uid}",
         "error": error,
+        "film_queued": request.query_params.get("film_queued", "")[:4],
+        "film_error": request.query_params.get("film_error", "")[:300],
+        **films,
         **_issue_form(values),
     }
     return render_staff(request, "staff_study.html", context, status)
