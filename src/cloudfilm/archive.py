@@ -500,6 +500,10 @@ class Archive:
             sql.patient,
             {**fields.patient, "patient_id": ident.patient_id, "issuer": ident.issuer},
         ).scalar_one()
+        if fields.other_ids:  # a strong key links the patient across institutions
+            from cloudfilm.patients.pix import link_at_ingest
+
+            link_at_ingest(conn, patient_pk, fields.other_ids, fields.telephone, self.settings)
         study_pk, owner = conn.execute(
             sql.study, {**fields.study, "study_uid": ident.study_uid, "patient_pk": patient_pk}
         ).one()

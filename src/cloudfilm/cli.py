@@ -29,6 +29,7 @@ from cloudfilm.dimse.cli import dimse_beside, dimse_command, peers_app
 from cloudfilm.dimse.queue_cli import queue_app, send_command
 from cloudfilm.film.cli import film_command
 from cloudfilm.film.films_cli import films_app
+from cloudfilm.patients.cli import patients_app
 from cloudfilm.sharing.cli import share_command, shares_app
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(shares_app, name="shares")
 app.add_typer(audit_app, name="audit")
 app.add_typer(films_app, name="films")
+app.add_typer(patients_app, name="patients")
 app.command("share")(share_command)
 app.command("film")(film_command)
 

@@ -47,7 +47,9 @@ FORM_ROUTES = {
     "/s/{token}/unlock", "/s/{token}/renew", "/s/{token}/reshares",
     "/s/{token}/reshares/{share_id}/revoke", "/staff/signin", "/staff/signout",
     "/staff/password", "/staff/shares", "/staff/shares/{share_id}/revoke",
-    "/staff/studies/{study_uid}/film-prints",
+    "/staff/studies/{study_uid}/film-prints", "/staff/studies/{study_uid}/recognition",
+    "/s/{token}/consents",
+    "/s/{token}/consents/{consent_id}/confirm", "/s/{token}/consents/{consent_id}/withdraw",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).
@@ -121,7 +123,8 @@ class World:
             "token": token, "study": study.study, "study_uid": study.study,
             "series": study.series, "sop": study.sop, "frame_list": "1", "share_id": share_id,
             "fmt": "png", "filename": self.film or "none.png", "rest": "nowhere",
-            "path": "nowhere",
+            "path": "nowhere", "consent_id": "0123456789abcdef",
+            "platform_id": "0123456789abcdef",
         }  # fmt: skip
 
         def one(match: re.Match[str]) -> str:
@@ -143,6 +146,8 @@ class World:
             params = {"StudyInstanceUID": study.study}
         elif url.endswith("/download.zip"):
             params = {"study": study.study}
+        elif url.endswith("/api/patients/exams"):
+            params = {"patient_id": "PA-MATRIX"}
         form = None
         if method == "POST" and template in FORM_ROUTES:
             # (no code for /unlock: a wrong one would count towards the link's lockout)

@@ -155,6 +155,9 @@ DOORS: dict[tuple[str, str], Door] = {
     ("GET", "/staff/{rest:path}"): staff_page(SHARE_STAFF | OTHERS, ok=(404,),
                                               why="404: no such staff page"),
     ("POST", "/staff/shares"): api(SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token"),
+    ("POST", "/staff/studies/{study_uid}/recognition"): api(
+        EVERYONE - ANONYMOUS, ok=CSRF, why="403: no CSRF token (before the study is looked at)"
+    ),
     ("POST", "/staff/studies/{study_uid}/film-prints"): api(
         SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token (before the study is looked at)"
     ),
@@ -181,6 +184,28 @@ DOORS: dict[tuple[str, str], Door] = {
         STORE_A, ok=(400,), why="400: no film printer is configured"
     ),
     ("POST", "/api/studies/{study_uid}/reports"): api(STORE_A, ok=(400,), why="400: no body"),
+    # patients across institutions: links, consent, recognition, sending on
+    ("POST", "/api/pix/links"): api(STORE_A | OTHERS, ok=(400,), why="400: no body"),
+    ("GET", "/api/pix/patients/{platform_id}"): api(
+        STORE_A | OTHERS, others=403, ok=(404,), why="404: no such platform patient"
+    ),
+    ("POST", "/api/pix/patients/{platform_id}/merge"): api(
+        frozenset({"user-platform-admin"}), others=403, ok=(400,), why="400: no body"
+    ),
+    ("POST", "/api/pix/split"): api(
+        frozenset({"user-platform-admin"}), others=403, ok=(400,), why="400: no body"
+    ),
+    ("GET", "/api/patients/exams"): VIEW_A,
+    ("POST", "/api/consents"): api(SHARE_STAFF | OTHERS, ok=(400,), why="400: no body"),
+    ("GET", "/api/studies/{study_uid}/consents"): api(SHARE_STAFF),
+    ("POST", "/api/consents/{consent_id}/withdraw"): api(
+        SHARE_STAFF | OTHERS, ok=(404,), why="404: no such consent"
+    ),
+    ("POST", "/api/studies/{study_uid}/recognition"): api(
+        frozenset(USERS_OF_A), ok=(400,), why="400: no body; machines and the platform admin 403"
+    ),
+    ("GET", "/api/recognition/figures"): api(SHARE_STAFF | OTHERS),
+    ("POST", "/api/studies/{study_uid}/send"): api(SEES_A, ok=(400,), why="400: no body"),
     ("GET", "/viewer/studies/{study_uid}"): VIEW_A,
     ("GET", "/iid"): VIEW_A,
     ("GET", "/wado"): VIEW_A,
@@ -209,6 +234,15 @@ DOORS: dict[tuple[str, str], Door] = {
     ),
     ("POST", "/s/{token}/reshares"): link(frozenset({"share-a", "share-b"})),
     ("POST", "/s/{token}/reshares/{share_id}/revoke"): link(),
+    ("GET", "/s/{token}/consents"): link(frozenset({"share-a", "share-b"})),
+    ("POST", "/s/{token}/consents"): link(frozenset({"share-a", "share-b"}), ok=(400,),
+                                          why="400: the form names no period"),
+    ("POST", "/s/{token}/consents/{consent_id}/confirm"): link(
+        frozenset({"share-a", "share-b"}), ok=(404,), why="404: no such consent"
+    ),
+    ("POST", "/s/{token}/consents/{consent_id}/withdraw"): link(
+        frozenset({"share-a", "share-b"}), ok=(400, 404), why="the patient has no consent"
+    ),
     ("GET", "/s/{token}/api/share"): link(frozenset({"share-a", "share-b"})),
     ("GET", "/s/{token}/api/accesses"): link(frozenset({"share-a", "share-b"})),
     ("GET", "/s/{token}/api/reshares"): link(frozenset({"share-a", "share-b"})),

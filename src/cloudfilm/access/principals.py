@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from cloudfilm.access.accounts import Accounts, ApiKeyInfo, InstitutionInfo, UserInfo
 from cloudfilm.access.roles import PERMISSIONS
-from cloudfilm.access.visibility import institution_sees
+from cloudfilm.access.visibility import institution_sees, principal_sees
 from cloudfilm.api.deps import STAFF_COOKIE, Principal, app_service
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import Unauthorized
@@ -65,5 +65,8 @@ def _principal(
         role=role,
         institution_pk=inst.pk if inst else None,
         institution=inst.code if inst else "",
-        sees=partial(institution_sees, archive.engine, inst.pk) if inst else None,
+        sees=partial(principal_sees, archive.engine, inst.pk, ident if kind == "user" else None)
+        if inst
+        else None,
+        holds=partial(institution_sees, archive.engine, inst.pk) if inst else None,
     )

@@ -1,4 +1,5 @@
-"""Which studies an institution may see: rows of ``study_access`` (owner or holder).
+"""Which studies an institution may see: rows of ``study_access`` (owner or holder), and the
+studies a patient's active consent opens to it (``cloudfilm.patients.consent``).
 
 The archive writes them as instances arrive (``Archive.store(institution=...)``); checks of
 one study ask :func:`institution_sees`, and queries add :func:`study_condition` to their
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, exists, false, select
+from sqlalchemy import Engine, exists, false, or_, select
 
-from cloudfilm.index.models import Institution, Patient, Study, StudyAccess
+from cloudfilm.index.models import Institution, Patient, Study, StudyAccess, utcnow
 
 if TYPE_CHECKING:
     from cloudfilm.api.deps import Principal
@@ -25,6 +26,28 @@ def institution_sees(engine: Engine, institution_pk: int, study_uid: str) -> boo
         exists()
         .where(StudyAccess.study_pk == Study.pk)
         .where(Study.study_uid == study_uid, StudyAccess.institution_pk == institution_pk)
+    )
+    with engine.connect() as conn:
+        return bool(conn.execute(stmt).scalar())
+
+
+def principal_sees(
+    engine: Engine, institution_pk: int, username: str | None, study_uid: str
+) -> bool:
+    """Whether the institution owns or holds the study, or an active consent of its patient
+    covers it for the institution (and ``username``, for a consent naming one doctor)."""
+    from cloudfilm.patients.consent import consent_condition
+
+    stmt = select(
+        exists().where(
+            Study.study_uid == study_uid,
+            or_(
+                Study.pk.in_(
+                    select(StudyAccess.study_pk).where(StudyAccess.institution_pk == institution_pk)
+                ),
+                consent_condition(institution_pk, username, utcnow()),
+            ),
+        )
     )
     with engine.connect() as conn:
         return bool(conn.execute(stmt).scalar())
@@ -59,10 +82,16 @@ def study_condition(principal: Principal) -> Any | None:
     if principal.study_uids is not None:
         return Study.study_uid.in_(sorted(principal.study_uids))
     if principal.institution_pk is not None and not principal.all_institutions:
-        return Study.pk.in_(
-            select(StudyAccess.study_pk).where(
-                StudyAccess.institution_pk == principal.institution_pk
-            )
+        from cloudfilm.patients.consent import consent_condition
+
+        username = principal.id if principal.kind == "user" else None
+        return or_(
+            Study.pk.in_(
+                select(StudyAccess.study_pk).where(
+                    StudyAccess.institution_pk == principal.institution_pk
+                )
+            ),
+            consent_condition(principal.institution_pk, username, utcnow()),
         )
     if principal.kind in ("development",) or principal.all_institutions:
         return None
@@ -93,5 +122,5 @@ def share_visible(principal: Principal, study_uids: Collection[str], created_by:
     if principal.kind == "development" or principal.all_institutions:
         return True
     if study_uids:
-        return all(principal.can_view_study(uid) for uid in study_uids)
+        return all(principal.can_change_study(uid) for uid in study_uids)
     return created_by == principal.label

@@ -25,6 +25,9 @@ from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.film.routes import router as films_router
 from cloudfilm.film.staff_pages import router as film_staff_router
 from cloudfilm.index.queries import archive_totals
+from cloudfilm.patients.pages import router as consent_pages_router
+from cloudfilm.patients.routes import router as patients_router
+from cloudfilm.patients.staff_pages import router as recognition_staff_router
 from cloudfilm.sharing import downloads, reports
 from cloudfilm.sharing.routes import add_share_routes
 from cloudfilm.viewer.routes import build_router as build_viewer_router
@@ -94,12 +97,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(build_dicomweb_router(settings))
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
     app.include_router(film_staff_router)  # likewise
+    app.include_router(recognition_staff_router)  # likewise
     app.include_router(oauth_router)
     add_share_routes(app, settings)
     app.include_router(downloads.router)
     app.include_router(downloads.share_router, prefix="/s/{token}")
     app.include_router(reports.router)
     app.include_router(films_router)
+    app.include_router(patients_router)
+    app.include_router(consent_pages_router)
     app.include_router(build_viewer_router())
     app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
     return app

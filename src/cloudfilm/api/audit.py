@@ -33,6 +33,12 @@ def action_of(method: str, template: str) -> str:
         return "delete"
     if template.endswith(("/revoke", "/reshares/{share_id}")):
         return "share-revoke"
+    if method == "POST" and template.endswith(("/consents", "/confirm", "/withdraw")):
+        if template.endswith("/withdraw"):
+            return "consent-withdraw"
+        return "consent-request" if template.startswith("/s/") else "consent-give"
+    if method == "POST" and template.endswith(("/recognition", "/send")):
+        return "recognition" if template.endswith("/recognition") else "send"
     if method == "POST":
         if template.endswith(("/unlock", "/renew")):
             return "share-open" if template.endswith("/unlock") else "share-renew"

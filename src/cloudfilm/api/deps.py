@@ -39,8 +39,11 @@ class Principal:
     institution_pk: int | None = None
     #: The institution's code ('' when none), for logs and the audit trail.
     institution: str = ""
-    #: Whether the institution owns or holds a study (set for users and API keys).
+    #: Whether the principal may see a study: its institution owns or holds it, or a
+    #: patient's consent opens it (set for users and API keys).
     sees: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+    #: Whether its institution owns or holds the study (a consent does not count).
+    holds: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
 
     @property
     def all_institutions(self) -> bool:
@@ -57,6 +60,16 @@ class Principal:
         if self.study_uids is not None:
             return study_uid in self.study_uids
         return self.sees is not None and self.sees(study_uid)
+
+    def can_change_study(self, study_uid: str) -> bool:
+        """Whether the study is the principal's institution's own (it owns or holds it): what
+        issuing cloud films of it, adding reports or film sheets to it need. A consent
+        lets another institution see a study, never change it."""
+        if self.kind == "development" or self.all_institutions:
+            return True
+        if self.study_uids is not None:
+            return False
+        return self.holds is not None and self.holds(study_uid)
 
     def can_download(self, study_uid: str) -> bool:
         """Whether originals of the study may be downloaded (ZIP, WADO-RS native)."""

@@ -179,6 +179,7 @@ EVENTS: dict[str, EventKind] = {
     "query": EventKind(_dcm("110112", "Query"), "E"),
     "retrieve": EventKind(TRANSFERRED, "R", requestor_role=DESTINATION_ROLE),
     "download": EventKind(_dcm("110106", "Export"), "R", requestor_role=DESTINATION_ROLE),
+    "send": EventKind(_dcm("110106", "Export"), "R", requestor_role=DESTINATION_ROLE),
     "store": EventKind(TRANSFERRED, "C", requestor_role=SOURCE_ROLE),
     "import": EventKind(_dcm("110107", "Import"), "C", requestor_role=SOURCE_ROLE),
     "delete": EventKind(_dcm("110105", "DICOM Study Deleted"), "D"),

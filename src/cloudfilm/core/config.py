@@ -341,6 +341,29 @@ class Settings(BaseSettings):
         [],
         description="rules: sheets printed by matching callers also go to a real film printer",
     )
+    pix_strong_key_issuers: list[str] = Field(
+        ["CN-NID"],
+        description="Other Patient IDs issuers whose ID links a patient across institutions",
+    )
+    notifier: Literal["outbox", "http"] = Field(
+        "outbox",
+        description="how one-time codes reach patients: outbox (kept) or http (SMS gateway)",
+    )
+    sms_gateway_url: str | None = Field(
+        None, description="URL the http notifier POSTs {to, text} to (an SMS gateway)"
+    )
+    sms_gateway_token: str | None = Field(
+        None, description="bearer token the http notifier sends to the SMS gateway"
+    )
+    consent_code_minutes: int = Field(
+        10, ge=1, le=60, description="minutes a consent's one-time code stays valid"
+    )
+    consent_code_attempts: int = Field(
+        5, ge=1, le=20, description="wrong one-time codes before a pending consent is dropped"
+    )
+    consent_max_days: int = Field(
+        365, ge=1, le=3650, description="longest period a consent may be given for, in days"
+    )
     audit_flush_seconds: float = Field(
         0.5, gt=0, le=60, description="longest wait before recorded audit events are written"
     )
@@ -393,6 +416,8 @@ class Settings(BaseSettings):
                 )
         if self.storage == "s3" and not self.s3_endpoint:
             raise ValueError("CLOUDFILM_STORAGE=s3 needs CLOUDFILM_S3_ENDPOINT")
+        if self.notifier == "http" and not self.sms_gateway_url:
+            raise ValueError("CLOUDFILM_NOTIFIER=http needs CLOUDFILM_SMS_GATEWAY_URL")
         if len(self.s3_bucket) < 3:
             raise ValueError("CLOUDFILM_S3_BUCKET must have at least 3 characters")
         tls_wanted = self.dimse_tls_port is not None or any(p.tls for p in self.dimse_peers)

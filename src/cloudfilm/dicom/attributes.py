@@ -25,6 +25,11 @@ class IndexFields:
     study: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
     instance: dict[str, Any] = field(default_factory=dict)
+    #: The patient's other identifiers, for cross-references between institutions (PIX):
+    #: ``(ID, issuer, type)`` of each Other Patient IDs Sequence (0010,1002) item, and the
+    #: first Patient's Telephone Number (0010,2154). Empty when the data set has neither.
+    other_ids: list[tuple[str, str, str]] = field(default_factory=list)
+    telephone: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,6 +73,11 @@ def extract_index_fields(ds: Dataset) -> IndexFields:
         "bits_allocated": get.integer("BitsAllocated"),
         "number_of_frames": get.integer("NumberOfFrames"),
     }
+    if "OtherPatientIDsSequence" in ds:
+        out.other_ids = get.other_ids()
+    if "PatientTelephoneNumbers" in ds:
+        phone = get.text("PatientTelephoneNumbers", 64)
+        out.telephone = phone.split("\\")[0].strip() or None if phone else None
     return out
 
 
@@ -136,6 +146,22 @@ class _Getter:
             self.notes.append(f"{keyword} {value!r} is not a number; not indexed")
             return None
         return number if -(2**31) <= number < 2**31 else None
+
+    def other_ids(self) -> list[tuple[str, str, str]]:
+        """Other Patient IDs Sequence items (at most 16) as ``(ID, issuer, type)``."""
+        found: list[tuple[str, str, str]] = []
+        for item in self._value("OtherPatientIDsSequence") or ():
+            try:
+                values = [str(item.get(k) or "").strip()[:64] for k in
+                          ("PatientID", "IssuerOfPatientID", "TypeOfPatientID")]  # fmt: skip
+            except Exception as exc:
+                self.notes.append(f"OtherPatientIDsSequence item unreadable ({exc})")
+                continue
+            if values[0]:
+                found.append((values[0], values[1], values[2]))
+            if len(found) == 16:
+                break
+        return found
 
     def request_attributes(self) -> list[dict[str, str]] | None:
         seq = self._value("RequestAttributesSequence")

@@ -186,8 +186,9 @@ async def create_film(
 ) -> JSONResponse:
     """Compose a film sheet from the study and store it in the study (Secondary Capture)."""
     _visible(principal, study_uid)
-    if not principal.can_store():
-        raise Forbidden("making film sheets needs a staff account that may store")
+    if not principal.can_store() or not principal.can_change_study(study_uid):
+        raise Forbidden("making film sheets needs a staff account that may store, of a hospital "
+                        "that holds the exam")  # fmt: skip
     body = _parse_body(await _read_body(request))
     film = film_request(body, settings)
     stored = await run_in_threadpool(store_film, archive, study_uid, film)
@@ -278,8 +279,9 @@ async def print_films(
 ) -> JSONResponse:
     """Queue the study's film sheets (all, or those named) for printing on real film."""
     _visible(principal, study_uid)
-    if not principal.can_store():
-        raise Forbidden("printing on film needs a staff account that may store")
+    if not principal.can_store() or not principal.can_change_study(study_uid):
+        raise Forbidden("printing on film needs a staff account that may store, of a hospital "
+                        "that holds the exam")  # fmt: skip
     raw = await _read_body(request)
     body = _validated(FilmPrintBody, raw) if raw.strip() else FilmPrintBody()
     queued = await run_in_threadpool(

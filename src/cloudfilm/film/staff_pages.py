@@ -52,7 +52,7 @@ def film_context(
     return {
         "film_sheets": sheets,
         "film_printer": archive.settings.film_printer or "",
-        "can_print_film": principal.can_store(),
+        "can_print_film": principal.can_store() and principal.can_change_study(study_uid),
         "film_jobs": film_prints(archive, study_uid=study_uid, limit=JOBS_SHOWN),
     }
 
@@ -68,8 +68,9 @@ async def print_on_film(
     uid = check_uid(study_uid)
     if not principal.can_view_study(uid):
         raise NotFound(f"study {uid} is not in the archive")
-    if not principal.can_store():
-        raise Forbidden("printing on film needs a staff account that may store")
+    if not principal.can_store() or not principal.can_change_study(uid):
+        raise Forbidden("printing on film needs a staff account that may store, of a hospital "
+                        "that holds the exam")  # fmt: skip
     sheets = [v for k, v in form.items() if k.startswith("sheet-") and v]
     if len(sheets) > MAX_SHEETS_PER_REQUEST:
         raise MalformedRequest(f"at most {MAX_SHEETS_PER_REQUEST} sheets at once")

@@ -544,3 +544,123 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(String(1000), default="")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# ----------------------------------------------------------- patients across institutions
+
+
+class PlatformPatient(Base):
+    """One person on the platform, whatever Patient IDs the institutions gave them
+    (``cloudfilm.patients.pix``): the target of cross-references and of consents."""
+
+    __tablename__ = "platform_patient"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Public identifier (16 hex characters), for staff and the API.
+    id: Mapped[str] = mapped_column(String(16), unique=True)
+    #: HMAC-SHA256 (hex, under the server key) of the strong key (e.g. the national ID
+    #: number, normalised); None when the person is known only through staff links.
+    strong_key_hmac: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The mobile phone one-time codes go to, sealed with the server key; and its last digits.
+    phone_sealed: Mapped[str | None] = mapped_column(String(200))
+    phone_hint: Mapped[str] = mapped_column(String(8), default="")
+    #: Set when staff merged this person into another (links and consents moved there).
+    merged_into_pk: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PatientLink(Base):
+    """A cross-reference (PIX): one index patient — a Patient ID with its Issuer — is this
+    platform patient. ``source`` says how it was made: ``dicom`` (Other Patient IDs Sequence
+    at ingest), ``feed`` (the identity feed, REST) or ``staff``."""
+
+    __tablename__ = "patient_link"
+
+    patient_pk: Mapped[int] = mapped_column(
+        ForeignKey("patient.pk", ondelete="CASCADE"), primary_key=True
+    )
+    platform_patient_pk: Mapped[int] = mapped_column(
+        ForeignKey("platform_patient.pk", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16), default="dicom")
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Consent(Base):
+    """A patient's consent that an institution — or one doctor there — sees some or all of
+    their exams for a period (``cloudfilm.patients.consent``).
+
+    ``pending`` until the one-time code sent to the patient's phone is entered (or staff
+    record it in person), then ``active`` until ``expires_at`` or ``withdrawn``.
+    """
+
+    __tablename__ = "consent"
+    __table_args__ = (Index("ix_consent_grantee", "grantee_institution_pk", "state"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(16), unique=True)
+    platform_patient_pk: Mapped[int] = mapped_column(
+        ForeignKey("platform_patient.pk", ondelete="CASCADE"), index=True
+    )
+    grantee_institution_pk: Mapped[int] = mapped_column(
+        ForeignKey("institution.pk", ondelete="CASCADE")
+    )
+    #: One doctor of that institution (a username), or None: all its staff.
+    grantee_username: Mapped[str | None] = mapped_column(String(64))
+    #: Every exam of the patient, also later ones; else the exams of ``consent_study``.
+    all_exams: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: ``code`` (the patient entered the code sent to their phone) or ``staff:<username>``.
+    confirmed_via: Mapped[str] = mapped_column(String(200), default="")
+    #: HMAC of the one-time code; when it lapses; wrong entries so far.
+    code_hmac: Mapped[str | None] = mapped_column(String(64))
+    code_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    code_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Who asked: ``share:<id>`` (the patient, from a cloud film) or ``user:<name>``.
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsentStudy(Base):
+    """An exam a consent covers (when it does not cover all of the patient's exams)."""
+
+    __tablename__ = "consent_study"
+
+    consent_pk: Mapped[int] = mapped_column(
+        ForeignKey("consent.pk", ondelete="CASCADE"), primary_key=True
+    )
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Recognition(Base):
+    """Whether an institution accepted an earlier exam of another one (mutual recognition,
+    互认) instead of repeating it, recorded by one of its doctors."""
+
+    __tablename__ = "recognition"
+    __table_args__ = (Index("ix_recognition_institution", "institution_pk", "created_at"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    #: The institution that looked at the exam, and the one that made it (its owner).
+    institution_pk: Mapped[int] = mapped_column(ForeignKey("institution.pk", ondelete="CASCADE"))
+    origin_institution_pk: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(200), default="")
+    accepted: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A message the ``outbox`` notifier kept instead of sending it (tests and the demo read
+    them; ``cloudfilm.patients.notify``)."""
+
+    __tablename__ = "outbox_message"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    to: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -124,6 +124,8 @@ def create_share(body: ShareCreate, request: Request, principal: PrincipalDep) -
     for uid in body.study_uids:
         if not principal.can_view_study(uid):  # answered like a study not in the archive
             raise NotFound(f"study {uid} not found")
+        if not principal.can_change_study(uid):
+            raise Forbidden("only a hospital that holds the exam may issue its cloud film")
     now = utcnow()
     issued = links.issue(
         ShareRequest(

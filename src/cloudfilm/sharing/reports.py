@@ -440,8 +440,9 @@ async def attach_report(
     check_uids(study_uid)
     if not principal.can_view_study(study_uid):
         raise NotFound(f"study {study_uid} not found")
-    if not principal.can_store():
-        raise Forbidden("attaching reports needs a staff account that may store")
+    if not principal.can_store() or not principal.can_change_study(study_uid):
+        raise Forbidden("attaching reports needs a staff account that may store, of a hospital "
+                        "that holds the exam")  # fmt: skip
     media = parse_content_type(request.headers.get("content-type"))
     if media.type not in ("application/json", "application/pdf"):
         raise UnsupportedMediaType(

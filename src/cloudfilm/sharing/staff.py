@@ -388,8 +388,13 @@ def _study(
     if detail is None:
         raise NotFound(f"study {study_uid} is not in the archive")
     from cloudfilm.film.staff_pages import film_context  # the film pages import this module
+    from cloudfilm.patients.staff_pages import recognition_context
 
     films = film_context(request, archive, principal, study_uid) if principal else {}
+    recognised = recognition_context(archive, principal, study_uid) if principal else {}
+    holds = principal is None or principal.can_change_study(study_uid)
+    if not holds:  # opened by a consent: the cloud films are the holder's business
+        shares = []
     links = links_for(request)
     now = utcnow()
     shares = _study_shares(links, detail, now)
@@ -402,7 +407,11 @@ def _study(
         "error": error,
         "film_queued": request.query_params.get("film_queued", "")[:4],
         "film_error": request.query_params.get("film_error", "")[:300],
+        "holds": holds,
+        "recognised_now": request.query_params.get("recognised", "")[:20],
+        "recognition_error": request.query_params.get("recognition_error", "")[:300],
         **films,
+        **recognised,
         **_issue_form(values),
     }
     return render_staff(request, "staff_study.html", context, status)
@@ -450,6 +459,8 @@ def _issue(
         for uid in wanted.study_uids:
             if not principal.can_view_study(uid):  # answered like a study not in the archive
                 raise NotFound(f"study {uid} is not in the archive")
+            if not principal.can_change_study(uid):
+                raise Forbidden("only a hospital that holds the exam may issue its cloud film")
         issued = links.issue(wanted, now)
     except CloudFilmError as exc:
         return _form_again(request, archive, form, exc)

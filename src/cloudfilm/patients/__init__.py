@@ -1,0 +1,1 @@
+"""Patients across institutions: cross-references (PIX), consent, recognition records."""
