@@ -152,6 +152,9 @@ DOORS: dict[tuple[str, str], Door] = {
     ("GET", "/staff/issue"): staff_page(SHARE_STAFF | OTHERS),
     ("GET", "/staff/shares"): staff_page(SHARE_STAFF | OTHERS),
     ("GET", "/staff/studies/{study_uid}"): staff_page(SHARE_STAFF, others=404),
+    # figures of film saved: counts, no patient data; staff see their own institution's
+    ("GET", "/staff/figures"): staff_page(SHARE_STAFF | OTHERS),
+    ("GET", "/api/figures"): api(SHARE_STAFF | OTHERS),
     ("GET", "/staff/{rest:path}"): staff_page(SHARE_STAFF | OTHERS, ok=(404,),
                                               why="404: no such staff page"),
     ("POST", "/staff/shares"): api(SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token"),

@@ -22,6 +22,8 @@ from cloudfilm.audit import close_trail
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
+from cloudfilm.film.figures import api_router as figures_router
+from cloudfilm.film.figures import staff_router as figures_pages
 from cloudfilm.film.routes import router as films_router
 from cloudfilm.film.staff_pages import router as film_staff_router
 from cloudfilm.index.queries import archive_totals
@@ -98,6 +100,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
     app.include_router(film_staff_router)  # likewise
     app.include_router(recognition_staff_router)  # likewise
+    app.include_router(figures_pages)  # likewise
     app.include_router(oauth_router)
     add_share_routes(app, settings)
     app.include_router(downloads.router)
@@ -106,6 +109,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(films_router)
     app.include_router(patients_router)
     app.include_router(consent_pages_router)
+    app.include_router(figures_router)
     app.include_router(build_viewer_router())
     app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
     return app

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -364,6 +365,18 @@ class Settings(BaseSettings):
     consent_max_days: int = Field(
         365, ge=1, le=3650, description="longest period a consent may be given for, in days"
     )
+    film_prices: dict[FilmSizeId, Annotated[float, Field(ge=0)]] = Field(
+        {}, description="price of one sheet of film by Film Size ID, for the money saved"
+    )
+    film_price_default: float = Field(
+        0.0, ge=0, description="price of a sheet whose film size has no entry in film_prices"
+    )
+    film_currency: str = Field(
+        "CNY", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the currency of the prices"
+    )
+    figures_time_zone: str = Field(
+        "UTC", description="IANA time zone of the days, weeks and months of the film figures"
+    )
     audit_flush_seconds: float = Field(
         0.5, gt=0, le=60, description="longest wait before recorded audit events are written"
     )
@@ -381,6 +394,14 @@ class Settings(BaseSettings):
     @classmethod
     def _film_printer(cls, value: str | None) -> str | None:
         return None if value is None else check_ae_title(value)
+    @field_validator("figures_time_zone")
+    @classmethod
+    def _figures_time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as Asia/Shanghai") from None
+        return value
 
     @field_validator("auto_share_source_aes")
     @classmethod

@@ -22,7 +22,8 @@ the study (the helpers of :mod:`cloudfilm.sharing.reports`), written in UTF-8. A
 study go into one series whose Series Description is ``Film`` (:data:`FILM_SERIES`), which is
 how :func:`film_sheets` finds them; Nominal Scanned Pixel Spacing (0018,2010) holds the size of
 a sheet pixel on the film (25.4 mm / dpi), from which the film size is found again on export,
-and Source Image Sequence lists the images shown. Burned In Annotation is ``YES`` when the sheet
+and the index keeps its Film Size ID (``Instance.film_size``, for the figures of film saved);
+Source Image Sequence lists the images shown. Burned In Annotation is ``YES`` when the sheet
 carries the patient's name.
 """
 
@@ -39,7 +40,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 
 from cloudfilm import __version__
 from cloudfilm.archive import Archive
@@ -505,6 +506,14 @@ def store_sheet(
     result = archive.store(buffer.getvalue(), source=source[:100], institution=institution)
     if not result.ok:
         raise result.error or StorageFailure(result.reason or "the film sheet was not stored")
+    # The Film Size ID is kept in the index for the figures of film saved (film.stats). It is
+    # written just after the sheet: a crash in between leaves NULL, priced at the default.
+    with archive.sessions.begin() as session:
+        session.execute(
+            update(Instance)
+            .where(Instance.sop_instance_uid == str(result.sop_instance_uid))
+            .values(film_size=sheet.size.id)
+        )
     logger.info("film sheet %s stored in study %s", result.sop_instance_uid, study_uid)
     return StoredFilm(
         study_uid=str(result.study_uid),

@@ -133,8 +133,12 @@ class Instance(Base):
     received_whole: Mapped[bool] = mapped_column(default=False)
     #: DICOM JSON (PS3.18 F.2) of the header, without pixel data; bulk data as BulkDataURI.
     header_json: Mapped[str] = mapped_column(Text)
-    #: Where it came from: "import", "stow", "dimse:AET", ...
+    #: Where it came from: "import", "stow", "dimse:AET", ...; a film sheet "film" (composed
+    #: in cloudfilm) or "print:AET" (printed to the virtual printer by that AE).
     source: Mapped[str | None] = mapped_column(String(100))
+    #: Film Size ID (2010,0050) of a film sheet, e.g. ``14INX17IN``; None for anything else
+    #: (``cloudfilm.film.sheets``, counted by ``cloudfilm.film.stats``).
+    film_size: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
