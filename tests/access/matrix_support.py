@@ -47,6 +47,7 @@ FORM_ROUTES = {
     "/s/{token}/unlock", "/s/{token}/renew", "/s/{token}/reshares",
     "/s/{token}/reshares/{share_id}/revoke", "/staff/signin", "/staff/signout",
     "/staff/password", "/staff/shares", "/staff/shares/{share_id}/revoke",
+    "/staff/films/unmatched/{film_id}/attach",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).
@@ -109,6 +110,8 @@ class World:
     headers: dict[str, dict[str, str]]
     cookies: dict[str, dict[str, str]]
     film: str = ""
+    #: An unmatched printed film of hospital A (``{film_id}``).
+    printed: str = ""
     notes: list[str] = field(default_factory=list)
 
     def path(self, template: str, caller: str, study: Study) -> str:
@@ -120,7 +123,7 @@ class World:
             "token": token, "study": study.study, "study_uid": study.study,
             "series": study.series, "sop": study.sop, "frame_list": "1", "share_id": share_id,
             "fmt": "png", "filename": self.film or "none.png", "rest": "nowhere",
-            "path": "nowhere",
+            "path": "nowhere", "film_id": self.printed,
         }  # fmt: skip
 
         def one(match: re.Match[str]) -> str:
@@ -214,4 +217,24 @@ def build_world(archive: Archive, client: TestClient, settings: Any) -> World:
     cookies["share-a"] = session
     client.cookies.clear()
     child = links.reshare(share_a.info.id, ShareRequest(permissions=["view"]), now)
-    return World(client, study_a, study_b, target.info.id, child.info.id, tokens, headers, cookies)
+    world = World(client, study_a, study_b, target.info.id, child.info.id, tokens, headers, cookies)
+    world.printed = str(_unmatched_film(archive, "hosp-a"))
+    return world
+
+
+def _unmatched_film(archive: Archive, institution: str) -> int:
+    """A sheet printed by an AE of ``institution`` that sent nothing: an unmatched film."""
+    import numpy as np
+
+    from cloudfilm.film.compose import CellImage, SheetStyle, compose_sheet
+    from cloudfilm.film.layout import Orientation, parse_display_format, parse_film_size
+    from cloudfilm.film.printed import PrintedSheet, keep_printed
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    sheet = compose_sheet(
+        [CellImage(pixels)], parse_display_format("STANDARD\\1,1"), parse_film_size("8INX10IN"),
+        Orientation.PORTRAIT, style=SheetStyle(dpi=40, annotate=False),
+    )  # fmt: skip
+    kept = keep_printed(archive, PrintedSheet(sheet, "MATRIXCT", institution=institution))
+    assert kept.unmatched_id is not None
+    return kept.unmatched_id

@@ -23,6 +23,7 @@ from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.film.routes import router as films_router
+from cloudfilm.film.staff_pages import router as films_staff_router
 from cloudfilm.index.queries import archive_totals
 from cloudfilm.sharing import downloads, reports
 from cloudfilm.sharing.routes import add_share_routes
@@ -93,6 +94,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(build_dicomweb_router(settings))
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
     app.include_router(oauth_router)
+    app.include_router(films_staff_router)  # before the staff pages' catch-all too
     add_share_routes(app, settings)
     app.include_router(downloads.router)
     app.include_router(downloads.share_router, prefix="/s/{token}")
