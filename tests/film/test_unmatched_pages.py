@@ -367,3 +367,46 @@ def test_api_lists_and_attaches(scene: Scene) -> None:
         f"/api/films/unmatched/{scene.film_b}.png", headers=api(scene, "hosp-a")
     )
     assert hidden.status_code == 404
+
+
+# ---------------------------------------------------------------------------- suggestions
+
+
+def test_suggestions_rank_the_printing_ae_then_its_modality_then_time(
+    archive: Archive, settings: Settings
+) -> None:
+    """A film from an AE that sent nothing just now: studies of the calling AE first, then of
+    its hospital's AEs of the modality it sends (CT), then the closest in time; nothing
+    outside the window, nothing of another hospital."""
+    from cloudfilm.api.deps import Principal
+    from cloudfilm.film.unmatched import suggest_studies, visible_films
+
+    hospitals = make_hospitals(archive, settings)
+    a, b = hospitals.pks["hosp-a"], hospitals.pks["hosp-b"]
+    send(archive, "CT-A1", a, minutes_ago=2000)  # CT-A1 sends CT (long ago)
+    film = print_sheet(archive, "CT-A1", "hosp-a")
+    assert film is not None
+    own_late = send(archive, "CT-A1", a, minutes_ago=-90)  # after the print, still in
+    mr_close = send(archive, "MR-A2", a, minutes_ago=1, modality="MR")
+    ct_far = send(archive, "MR-A2", a, minutes_ago=100, modality="CT")
+    send(archive, "MR-A2", a, minutes_ago=300, modality="CT")  # outside the window
+    send(archive, "CT-B1", b, minutes_ago=1)  # another hospital's
+    staff = Principal("user", "tech-a", permissions=frozenset({"shares"}), institution="hosp-a",
+                      institution_pk=a, sees=lambda uid: True)  # fmt: skip
+    (waiting,) = visible_films(archive, staff)
+    assert waiting.id == film and waiting.candidates == []
+    found = suggest_studies(archive, staff, waiting)
+    assert [s.study_uid for s in found] == [own_late, ct_far, mr_close]
+    assert [s.why for s in found] == ["calling-ae", "institution", "institution"]
+    assert [s.same_modality for s in found] == [True, True, False]
+    assert found[0].seconds_from_print is not None and found[0].seconds_from_print > 0
+    assert found[2].sent_by == ("MR-A2",)
+
+
+def test_the_reason_is_said_in_the_readers_language(scene: Scene) -> None:
+    lonely = print_sheet(scene.archive, "XR-LONE", "hosp-a", seed=8)  # sent nothing
+    page = scene.as_("tech-a").get(PAGE)
+    assert "XR-LONE sent no study in the 120 minutes before the print." in page.text
+    zh = scene.client.get(PAGE, headers={"Accept-Language": "zh-CN"})
+    assert "打印前 120 分钟内 XR-LONE 未发送任何检查。" in zh.text
+    assert lonely is not None and lonely in film_ids(page)

@@ -58,6 +58,7 @@ from cloudfilm.film.sheets import (
 from cloudfilm.film.unmatched import (
     AttachTarget,
     attach_visible,
+    institution_aes,
     may_attach,
     suggest_studies,
     visible_film,
@@ -298,11 +299,14 @@ async def list_unmatched(
 
     def listing() -> list[dict[str, Any]]:
         films = visible_films(archive, principal, limit=UNMATCHED_LIMIT)
+        aes = institution_aes(archive) if films else {}
         return [
             {
                 **film.as_json(),
                 "png": f"{base}/api/films/unmatched/{film.id}.png",
-                "suggestions": [s.as_json() for s in suggest_studies(archive, principal, film)],
+                "suggestions": [
+                    s.as_json() for s in suggest_studies(archive, principal, film, aes=aes)
+                ],
             }
             for film in films
         ]

@@ -35,6 +35,7 @@ from cloudfilm.film.unmatched import (
     Suggestion,
     attach_target,
     attach_visible,
+    institution_aes,
     suggest_studies,
     visible_film,
     visible_films,
@@ -111,7 +112,11 @@ def _study_row(root: str, study: Suggestion) -> dict[str, Any]:
 
 
 def _film_row(
-    request: Request, archive: Archive, principal: Principal, film: UnmatchedFilm
+    request: Request,
+    archive: Archive,
+    principal: Principal,
+    film: UnmatchedFilm,
+    aes: dict[str, list[str]],
 ) -> dict[str, Any]:
     root = _root(request)
     base = f"{root}/staff/films/unmatched/{film.id}"
@@ -128,7 +133,9 @@ def _film_row(
         "reason": _reason(film.reason),
         "png": f"{base}.png",
         "attach_url": f"{base}/attach",
-        "suggestions": [_study_row(root, s) for s in suggest_studies(archive, principal, film)],
+        "suggestions": [
+            _study_row(root, s) for s in suggest_studies(archive, principal, film, aes=aes)
+        ],
     }
 
 
@@ -145,7 +152,8 @@ def _list(
 ) -> Response:
     """The list page; with ``error``, the reason the form of ``error_film`` was refused."""
     films = visible_films(archive, principal, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
-    rows = [_film_row(request, archive, principal, film) for film in films[:PAGE_SIZE]]
+    aes = institution_aes(archive) if films else {}
+    rows = [_film_row(request, archive, principal, film, aes) for film in films[:PAGE_SIZE]]
     root = _root(request)
     form = form or {}
     context: dict[str, Any] = {

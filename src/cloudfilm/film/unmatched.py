@@ -24,7 +24,7 @@ then by how close to the print their last instance arrived.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +45,7 @@ __all__ = [
     "Suggestion",
     "attach_target",
     "attach_visible",
+    "institution_aes",
     "may_attach",
     "suggest_studies",
     "visible_film",
@@ -179,29 +180,45 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _related_aes(archive: Archive, film: UnmatchedFilm) -> list[str]:
-    """The calling AE, then the other known AEs of its institution."""
-    aes = [film.calling_ae]
-    if film.institution:
-        from cloudfilm.dimse.peers import PeerDirectory  # the DIMSE stack only when needed
+def institution_aes(archive: Archive) -> dict[str, list[str]]:
+    """The AE titles of the known peers, by institution code (peers without one left out)."""
+    from cloudfilm.dimse.peers import PeerDirectory  # the DIMSE stack only when needed
 
-        aes += [
-            p.ae_title
-            for p in PeerDirectory(archive).all()
-            if p.institution[:64] == film.institution and p.ae_title != film.calling_ae
-        ]
-    return aes
+    found: dict[str, list[str]] = {}
+    for peer in PeerDirectory(archive).all():
+        if peer.institution:
+            found.setdefault(peer.institution[:64], []).append(peer.ae_title)
+    return found
+
+
+def _related_aes(
+    archive: Archive, film: UnmatchedFilm, by_institution: Mapping[str, Sequence[str]] | None
+) -> list[str]:
+    """The calling AE, then the other known AEs of its institution."""
+    if not film.institution:
+        return [film.calling_ae]
+    if by_institution is None:
+        by_institution = institution_aes(archive)
+    others = by_institution.get(film.institution, ())
+    return [film.calling_ae, *(ae for ae in others if ae != film.calling_ae)]
 
 
 def suggest_studies(
-    archive: Archive, principal: Principal, film: UnmatchedFilm, *, limit: int = MAX_SUGGESTIONS
+    archive: Archive,
+    principal: Principal,
+    film: UnmatchedFilm,
+    *,
+    limit: int = MAX_SUGGESTIONS,
+    aes: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Suggestion]:
-    """The studies ``film`` may belong to, most likely first (see the module notes)."""
+    """The studies ``film`` may belong to, most likely first (see the module notes).
+
+    ``aes``: :func:`institution_aes`, when the caller suggests for several films at once.
+    """
     condition = study_condition(principal)
     window = timedelta(minutes=archive.settings.print_match_minutes)
     printed_at = _aware(film.created_at)
-    aes = _related_aes(archive, film)
-    sources = {f"dimse:{ae}"[:100]: ae for ae in aes}
+    sources = {f"dimse:{ae}"[:100]: ae for ae in _related_aes(archive, film, aes)}
     near_stmt = (
         select(Study.study_uid, Instance.source)
         .join(Series, Series.study_pk == Study.pk)
