@@ -50,6 +50,7 @@ FORM_ROUTES = {
     "/staff/studies/{study_uid}/film-prints", "/staff/studies/{study_uid}/recognition",
     "/s/{token}/consents",
     "/s/{token}/consents/{consent_id}/confirm", "/s/{token}/consents/{consent_id}/withdraw",
+    "/staff/films/unmatched/{film_id}/attach",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).
@@ -112,6 +113,8 @@ class World:
     headers: dict[str, dict[str, str]]
     cookies: dict[str, dict[str, str]]
     film: str = ""
+    #: An unmatched printed film of hospital A (``{film_id}``).
+    printed: str = ""
     notes: list[str] = field(default_factory=list)
 
     def path(self, template: str, caller: str, study: Study) -> str:
@@ -124,7 +127,7 @@ class World:
             "series": study.series, "sop": study.sop, "frame_list": "1", "share_id": share_id,
             "fmt": "png", "filename": self.film or "none.png", "rest": "nowhere",
             "path": "nowhere", "consent_id": "0123456789abcdef",
-            "platform_id": "0123456789abcdef",
+            "platform_id": "0123456789abcdef", "film_id": self.printed,
         }  # fmt: skip
 
         def one(match: re.Match[str]) -> str:
@@ -220,4 +223,24 @@ def build_world(archive: Archive, client: TestClient, settings: Any) -> World:
     cookies["share-a"] = session
     client.cookies.clear()
     child = links.reshare(share_a.info.id, ShareRequest(permissions=["view"]), now)
-    return World(client, study_a, study_b, target.info.id, child.info.id, tokens, headers, cookies)
+    world = World(client, study_a, study_b, target.info.id, child.info.id, tokens, headers, cookies)
+    world.printed = str(_unmatched_film(archive, "hosp-a"))
+    return world
+
+
+def _unmatched_film(archive: Archive, institution: str) -> int:
+    """A sheet printed by an AE of ``institution`` that sent nothing: an unmatched film."""
+    import numpy as np
+
+    from cloudfilm.film.compose import CellImage, SheetStyle, compose_sheet
+    from cloudfilm.film.layout import Orientation, parse_display_format, parse_film_size
+    from cloudfilm.film.printed import PrintedSheet, keep_printed
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    sheet = compose_sheet(
+        [CellImage(pixels)], parse_display_format("STANDARD\\1,1"), parse_film_size("8INX10IN"),
+        Orientation.PORTRAIT, style=SheetStyle(dpi=40, annotate=False),
+    )  # fmt: skip
+    kept = keep_printed(archive, PrintedSheet(sheet, "MATRIXCT", institution=institution))
+    assert kept.unmatched_id is not None
+    return kept.unmatched_id

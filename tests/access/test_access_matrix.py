@@ -167,6 +167,16 @@ DOORS: dict[tuple[str, str], Door] = {
     ("POST", "/staff/shares/{share_id}/revoke"): api(
         SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token (before the share is looked at)"
     ),
+    # unmatched printed films (the film is A's: B's staff get 404, like a missing one)
+    ("GET", "/staff/films/unmatched"): staff_page(SHARE_STAFF | OTHERS),
+    ("GET", "/staff/films/unmatched/{film_id}.png"): staff_page(SHARE_STAFF, others=404),
+    ("POST", "/staff/films/unmatched/{film_id}/attach"): api(
+        SHARE_STAFF | OTHERS, ok=CSRF, why="403: no CSRF token (before the film is looked at)"
+    ),
+    ("GET", "/api/films/unmatched"): api(SHARE_STAFF | OTHERS),
+    ("GET", "/api/films/unmatched/{film_id}.png"): api(SHARE_STAFF),
+    ("POST", "/api/films/unmatched/{film_id}/attach"): api(SHARE_STAFF, ok=(400,),
+                                                          why="400: no body"),
     # cloud films, staff API (a film of A is another institution's: 404 like a missing one)
     ("POST", "/api/shares"): api(SHARE_STAFF | OTHERS | {"user-a-referring"}, ok=(422,),
                                  why="422: empty body (validated before the role)"),

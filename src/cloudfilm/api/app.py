@@ -26,6 +26,7 @@ from cloudfilm.film.figures import api_router as figures_router
 from cloudfilm.film.figures import staff_router as figures_pages
 from cloudfilm.film.routes import router as films_router
 from cloudfilm.film.staff_pages import router as film_staff_router
+from cloudfilm.film.unmatched_pages import router as films_staff_router
 from cloudfilm.index.queries import archive_totals
 from cloudfilm.patients.pages import router as consent_pages_router
 from cloudfilm.patients.routes import router as patients_router
@@ -102,6 +103,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(recognition_staff_router)  # likewise
     app.include_router(figures_pages)  # likewise
     app.include_router(oauth_router)
+    app.include_router(films_staff_router)  # before the staff pages' catch-all too
     add_share_routes(app, settings)
     app.include_router(downloads.router)
     app.include_router(downloads.share_router, prefix="/s/{token}")

@@ -54,6 +54,7 @@ __all__ = [
     "attach",
     "keep_printed",
     "match_study",
+    "printed_film",
     "unmatched_film_png",
     "unmatched_films",
 ]
@@ -278,13 +279,37 @@ def _keep_unmatched(archive: Archive, printed: PrintedSheet, match: StudyMatch) 
 # ------------------------------------------------------------------------------ for staff
 
 
-def unmatched_films(archive: Archive, *, include_attached: bool = False) -> list[UnmatchedFilm]:
-    """The printed films kept unmatched, oldest first (and, if asked, those attached since)."""
-    stmt = select(PrintedFilm).order_by(PrintedFilm.pk)
+def unmatched_films(
+    archive: Archive,
+    *,
+    include_attached: bool = False,
+    institution: str | None = None,
+    newest_first: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[UnmatchedFilm]:
+    """The printed films kept unmatched, oldest first (and, if asked, those attached since).
+
+    ``institution``: only the films printed by a peer of the institution with this code
+    (None: every film); ``limit`` and ``offset`` page through them.
+    """
+    order = desc(PrintedFilm.pk) if newest_first else PrintedFilm.pk
+    stmt = select(PrintedFilm).order_by(order).offset(offset).limit(limit)
     if not include_attached:
         stmt = stmt.where(PrintedFilm.attached_study_uid.is_(None))
+    if institution is not None:
+        stmt = stmt.where(PrintedFilm.institution == institution)
     with archive.sessions() as session:
         return [_film(row) for row in session.execute(stmt).scalars()]
+
+
+def printed_film(archive: Archive, film_id: int) -> UnmatchedFilm:
+    """One printed film, waiting or attached. Raises :class:`NotFound`."""
+    with archive.sessions() as session:
+        row = session.get(PrintedFilm, film_id)
+        if row is None:
+            raise NotFound(f"no printed film {film_id}")
+        return _film(row)
 
 
 def _film(row: PrintedFilm) -> UnmatchedFilm:

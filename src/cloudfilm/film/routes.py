@@ -8,6 +8,12 @@
 * ``POST /api/studies/{study_uid}/film-prints`` (JSON, :class:`FilmPrintBody`) queues the
   study's sheets (or some) for printing on real film (``cloudfilm.film.passthrough``): 202
   with the jobs. Needs a principal that may store; ``GET`` lists the study's jobs.
+* ``GET /api/films/unmatched``: the printed films of the caller's institution that wait for a
+  study, newest first, each with its suggested studies; ``GET
+  /api/films/unmatched/{film_id}.png`` one of them as printed; ``POST
+  /api/films/unmatched/{film_id}/attach`` (JSON ``{"study_uid"}`` or
+  ``{"accession_number"}``) stores it in a study: 201. Staff only
+  (:mod:`cloudfilm.film.unmatched`); another institution's film is 404 like a missing one.
 
 A study the caller may not see is answered 404, as one that does not exist. A body that cannot
 be read, a bad layout, film size or window is 400; a request the study cannot satisfy (a series
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Request
@@ -42,6 +49,7 @@ from cloudfilm.film.layout import (
     parse_orientation,
 )
 from cloudfilm.film.passthrough import MAX_SHEETS_PER_REQUEST, film_prints, queue_study_films
+from cloudfilm.film.printed import unmatched_film_png
 from cloudfilm.film.sheets import (
     FilmRequest,
     FrameRef,
@@ -51,6 +59,16 @@ from cloudfilm.film.sheets import (
     sheet_png,
     store_film,
 )
+from cloudfilm.film.unmatched import (
+    AttachTarget,
+    attach_visible,
+    institution_aes,
+    may_attach,
+    suggest_studies,
+    visible_film,
+    visible_films,
+)
+from cloudfilm.sharing.principals import client_address
 from cloudfilm.web.headers import content_disposition
 
 __all__ = ["FilmBody", "film_request", "router"]
@@ -106,6 +124,15 @@ class FilmBody(BaseModel):
     dpi: int | None = Field(None, ge=72, le=300)
     border_density: str | None = Field(None, max_length=16)
     empty_image_density: str | None = Field(None, max_length=16)
+
+
+class AttachBody(BaseModel):
+    """The study an unmatched film goes to: its Study Instance UID or its accession number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_uid: str | None = Field(None, max_length=64, pattern=_UID)
+    accession_number: str | None = Field(None, min_length=1, max_length=64)
 
 
 def _window(window: WindowBody | None, preset: str | None) -> Window | None:
@@ -312,6 +339,111 @@ async def list_film_prints(
     if not jobs:
         await run_in_threadpool(_exists, archive, study_uid)
     return JSONResponse([job.as_json() for job in jobs])
+FilmId = Annotated[int, Path(ge=1, le=2**31 - 1, description="id of the printed film")]
+#: Most unmatched films one listing returns.
+UNMATCHED_LIMIT = 200
+
+
+def _staff(principal: Principal) -> None:
+    if not may_attach(principal):
+        raise Forbidden("only hospital staff may see and attach unmatched films")
+
+
+@router.get("/api/films/unmatched")
+async def list_unmatched(
+    request: Request, archive: ArchiveDep, principal: PrincipalDep
+) -> JSONResponse:
+    """The printed films of the caller's institution waiting for a study, newest first, each
+    with a link to its PNG and the studies it may belong to, most likely first."""
+    _staff(principal)
+    base = str(request.base_url).rstrip("/")
+
+    def listing() -> list[dict[str, Any]]:
+        films = visible_films(archive, principal, limit=UNMATCHED_LIMIT)
+        aes = institution_aes(archive) if films else {}
+        return [
+            {
+                **film.as_json(),
+                "png": f"{base}/api/films/unmatched/{film.id}.png",
+                "suggestions": [
+                    s.as_json() for s in suggest_studies(archive, principal, film, aes=aes)
+                ],
+            }
+            for film in films
+        ]
+
+    return JSONResponse(await run_in_threadpool(listing))
+
+
+@router.get("/api/films/unmatched/{film_id}.png")
+async def unmatched_png(film_id: FilmId, archive: ArchiveDep, principal: PrincipalDep) -> Response:
+    """An unmatched film as printed (PNG at its print resolution)."""
+    _staff(principal)
+
+    def read() -> bytes:
+        return unmatched_film_png(archive, visible_film(archive, principal, film_id).id)
+
+    body = await run_in_threadpool(read)
+    name = f"printed-film-{film_id}.png"
+    return Response(
+        body,
+        media_type="image/png",
+        headers={
+            "Content-Disposition": content_disposition(name, name, inline=True),
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.post("/api/films/unmatched/{film_id}/attach", status_code=201)
+async def attach_unmatched(
+    request: Request,
+    film_id: FilmId,
+    archive: ArchiveDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+) -> JSONResponse:
+    """Store an unmatched film in the study named by UID or accession number: 201 with the
+    stored sheet's UIDs and links; 404 for a film or study not found (or not visible), 409
+    for a film already attached or an accession number of several studies."""
+    _staff(principal)
+    await run_in_threadpool(visible_film, archive, principal, film_id)
+    raw = await _read_body(request)
+    if not raw:
+        raise MalformedRequest('the body is empty; send {"study_uid": ...} as JSON')
+    try:
+        body = AttachBody.model_validate(json.loads(raw.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedRequest(f"the body is not JSON in UTF-8: {exc}") from exc
+    except ValidationError as exc:
+        raise MalformedRequest(f"invalid attach request: {_problems(exc)}") from exc
+    if (body.study_uid is None) == (body.accession_number is None):
+        raise MalformedRequest("give either study_uid or accession_number")
+    target = AttachTarget(body.study_uid, body.accession_number)
+    stored, study = await run_in_threadpool(
+        partial(
+            attach_visible,
+            archive,
+            principal,
+            film_id,
+            target,
+            address=client_address(request),
+            agent=request.headers.get("user-agent", "")[:200],
+        )
+    )
+    answer: dict[str, Any] = {"film_id": film_id, **asdict(stored)}
+    answer["patient_id"] = study.patient_id
+    answer["links"] = _links(
+        request, settings, stored.study_uid, stored.series_uid, stored.sop_instance_uid
+    )
+    return JSONResponse(answer, status_code=201)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 async def _read_body(request: Request) -> bytes:
@@ -344,7 +476,4 @@ def _validated(model: type[ModelT], body: bytes) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise MalformedRequest(f"invalid film request: {problems}") from exc
+        raise MalformedRequest(f"invalid film request: {_problems(exc)}") from exc
