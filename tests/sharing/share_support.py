@@ -176,6 +176,7 @@ def fill(path: str, token: str, study: StoredStudy, share_id: str = "0" * 16) ->
     values = {
         "token": token, "study": study.study, "series": study.series, "sop": study.sop,
         "frame_list": "1", "path": "x", "share_id": share_id, "study_uid": study.study,
+        "consent_id": "0" * 16,
     }  # fmt: skip
 
     def one(match: re.Match[str]) -> str:

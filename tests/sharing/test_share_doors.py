@@ -20,7 +20,9 @@ pytestmark = pytest.mark.db
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: Routes that are pages or forms of the link itself (they answer with HTML, not data).
 PAGE_ROUTES = {"/s/{token}", "/s/{token}/unlock", "/s/{token}/renew", "/s/{token}/reshares",
-               "/s/{token}/reshares/{share_id}/revoke"}  # fmt: skip
+               "/s/{token}/reshares/{share_id}/revoke", "/s/{token}/consents",
+               "/s/{token}/consents/{consent_id}/confirm",
+               "/s/{token}/consents/{consent_id}/withdraw"}  # fmt: skip
 
 
 def carries_data(answer: requests.Response) -> bool:
