@@ -47,6 +47,10 @@ FORM_ROUTES = {
     "/s/{token}/unlock", "/s/{token}/renew", "/s/{token}/reshares",
     "/s/{token}/reshares/{share_id}/revoke", "/staff/signin", "/staff/signout",
     "/staff/password", "/staff/shares", "/staff/shares/{share_id}/revoke",
+    "/staff/admin/users", "/staff/admin/users/{username}/disable",
+    "/staff/admin/users/{username}/enable", "/staff/admin/users/{username}/role",
+    "/staff/admin/users/{username}/password", "/staff/admin/keys",
+    "/staff/admin/keys/{key_id}/revoke", "/staff/admin/institutions",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).
@@ -120,7 +124,8 @@ class World:
             "token": token, "study": study.study, "study_uid": study.study,
             "series": study.series, "sop": study.sop, "frame_list": "1", "share_id": share_id,
             "fmt": "png", "filename": self.film or "none.png", "rest": "nowhere",
-            "path": "nowhere",
+            "path": "nowhere", "username": "user-a-radiologist",
+            "key_id": self.headers["key-a"]["Authorization"].split("_")[1],
         }  # fmt: skip
 
         def one(match: re.Match[str]) -> str:

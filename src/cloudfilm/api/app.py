@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from cloudfilm import __version__
+from cloudfilm.access.admin import admin_router
 from cloudfilm.access.oauth import router as oauth_router
 from cloudfilm.access.pages import signin_router
 from cloudfilm.api.audit import AuditMiddleware
@@ -92,6 +93,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
 
     app.include_router(build_dicomweb_router(settings))
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
+    app.include_router(admin_router)
     app.include_router(oauth_router)
     add_share_routes(app, settings)
     app.include_router(downloads.router)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudfilm.audit import AuditRecord, trail_for
@@ -54,6 +55,15 @@ def action_of(method: str, template: str) -> str:
     if template.startswith("/s/{token}"):
         return "share-view"
     return "view"
+
+
+def audit_as(request: Request, action: str, detail: str = "") -> None:
+    """Name this request's audit row more precisely than its route can: ``action`` replaces
+    the one :func:`action_of` would give, ``detail`` (never a secret) is added to the route
+    template and status. The row is still written once, by :class:`AuditMiddleware`, with
+    the request's outcome."""
+    request.state.audit_action = action
+    request.state.audit_detail = detail
 
 
 class AuditMiddleware:
@@ -99,9 +109,12 @@ class AuditMiddleware:
                 agent = value.decode("latin-1")
                 break
         outcome = "success" if status < 400 else "denied" if status in _DENIED else "failure"
+        detail = f"{scope['method']} {template} {status}"
+        if state.get("audit_detail"):
+            detail = f"{detail}; {state['audit_detail']}"
         trail_for(archive).record(
             AuditRecord(
-                action=action_of(scope["method"], template),
+                action=state.get("audit_action") or action_of(scope["method"], template),
                 outcome=outcome,
                 actor_kind=principal.kind if principal else "anonymous",
                 actor_id=principal.id if principal else "",
@@ -109,6 +122,6 @@ class AuditMiddleware:
                 address=client[0] if client else "",
                 agent=agent,
                 study_uid=study if len(study) <= 64 else "",
-                detail=f"{scope['method']} {template} {status}",
+                detail=detail,
             )
         )

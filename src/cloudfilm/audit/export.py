@@ -163,6 +163,7 @@ ACCESSED = _dcm("110103", "DICOM Instances Accessed")
 TRANSFERRED = _dcm("110104", "DICOM Instances Transferred")
 SECURITY_ALERT = _dcm("110113", "Security Alert")
 OBJECT_SECURITY_CHANGED = _dcm("110135", "Object Security Attributes Changed")
+USER_SECURITY_CHANGED = _dcm("110137", "User Security Attributes Changed")
 AUTHENTICATION = _dcm("110114", "User Authentication")
 LOGIN = _dcm("110122", "Login")
 LOGOUT = _dcm("110123", "Logout")
@@ -191,6 +192,15 @@ EVENTS: dict[str, EventKind] = {
     "patient-link": EventKind(_dcm("110110", "Patient Record"), "U"),
     "update": EventKind(_dcm("110110", "Patient Record"), "U"),
     "audit-export": EventKind(_dcm("110101", "Audit Log Used"), "R"),
+    "user-create": EventKind(SECURITY_ALERT, "C", USER_SECURITY_CHANGED),
+    "user-disable": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-enable": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-password-reset": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-role": EventKind(SECURITY_ALERT, "U", _dcm("110136", "Security Roles Changed")),
+    "apikey-create": EventKind(SECURITY_ALERT, "C", USER_SECURITY_CHANGED),
+    "apikey-revoke": EventKind(SECURITY_ALERT, "D", USER_SECURITY_CHANGED),
+    "institution-create": EventKind(SECURITY_ALERT, "C", _dcm("110129", "Security Configuration")),
+    "admin-view": EventKind(_dcm("110100", "Application Activity"), "R"),
 }
 #: Actions not in ``EVENTS`` (nor their first word, e.g. ``view-rendered`` → ``view``).
 FALLBACK = EventKind(_dcm("110100", "Application Activity"), "E")
