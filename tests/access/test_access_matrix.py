@@ -168,6 +168,9 @@ DOORS: dict[tuple[str, str], Door] = {
         ADMINS, {**staff_page(ADMINS).denied, "user-b": 404}
     ),
     ("GET", "/staff/admin/institutions"): staff_page(frozenset({"user-platform-admin"})),
+    # the audit trail: admins see their institution's events (B's admin: B's)
+    ("GET", "/staff/audit"): staff_page(ADMINS | {"user-b"}),
+    ("GET", "/staff/audit/export"): staff_page(ADMINS | {"user-b"}),
     **{("POST", f"/staff/admin/{form}"): api(ADMINS | {"user-b"}, others=403, ok=CSRF,
                                              why="403: no CSRF token")
        for form in ("users", "users/{username}/disable", "users/{username}/enable",

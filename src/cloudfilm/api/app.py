@@ -20,6 +20,7 @@ from cloudfilm.api.deps import ArchiveDep
 from cloudfilm.api.metrics import LatencyHistogram, LatencyMiddleware, render_counters
 from cloudfilm.archive import Archive
 from cloudfilm.audit import close_trail
+from cloudfilm.audit.pages import audit_router
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
@@ -94,6 +95,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(build_dicomweb_router(settings))
     app.include_router(signin_router)  # before the staff pages' catch-all /staff/{rest}
     app.include_router(admin_router)
+    app.include_router(audit_router)
     app.include_router(oauth_router)
     add_share_routes(app, settings)
     app.include_router(downloads.router)
