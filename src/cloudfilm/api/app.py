@@ -18,6 +18,7 @@ from cloudfilm.access.pages import signin_router
 from cloudfilm.api.audit import AuditMiddleware
 from cloudfilm.api.deps import ArchiveDep
 from cloudfilm.api.metrics import LatencyHistogram, LatencyMiddleware, render_counters
+from cloudfilm.api.proxies import ProxyHeadersMiddleware
 from cloudfilm.archive import Archive
 from cloudfilm.audit import close_trail
 from cloudfilm.audit.pages import audit_router
@@ -104,4 +105,6 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(films_router)
     app.include_router(build_viewer_router())
     app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
+    # Outermost: every middleware and route sees the client behind trusted proxies.
+    app.add_middleware(ProxyHeadersMiddleware, trusted=settings.trusted_proxies)
     return app

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudfilm.api.proxies import scope_client_address
 from cloudfilm.audit import AuditRecord, trail_for
 
 #: Route templates that never touch patient data.
@@ -102,7 +103,6 @@ class AuditMiddleware:
             return
         params: dict[str, Any] = scope.get("path_params") or {}
         study = next((str(params[p]) for p in _STUDY_PARAMS if p in params), "")
-        client = scope.get("client")
         agent = ""
         for name, value in scope.get("headers") or ():
             if name == b"user-agent":
@@ -119,7 +119,7 @@ class AuditMiddleware:
                 actor_kind=principal.kind if principal else "anonymous",
                 actor_id=principal.id if principal else "",
                 institution=principal.institution if principal else "",
-                address=client[0] if client else "",
+                address=scope_client_address(scope),
                 agent=agent,
                 study_uid=study if len(study) <= 64 else "",
                 detail=detail,

@@ -7,6 +7,7 @@ documented in ``sample-config.toml`` and ``docs/configuration.md`` (a test check
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cached_property
 from pathlib import Path
@@ -242,6 +243,11 @@ class Settings(BaseSettings):
     staff_session_hours: int = Field(
         10, ge=1, le=24 * 30, description="how long a staff sign-in lasts, in hours"
     )
+    trusted_proxies: list[str] = Field(
+        [],
+        description="addresses or CIDR blocks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: the TCP peer is the client",
+    )
     share_lockout_minutes: int = Field(
         15, ge=1, le=7 * 24 * 60, description="how long a share or client stays locked, in minutes"
     )
@@ -324,6 +330,18 @@ class Settings(BaseSettings):
 
     _dimse_ae = field_validator("dimse_ae_title")(check_ae_title)
     _auto_share_modalities = field_validator("auto_share_modalities")(check_modalities)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or CIDR block"
+                ) from exc
+        return [entry.strip() for entry in value]
 
     @field_validator("auto_share_source_aes")
     @classmethod
