@@ -365,6 +365,7 @@ def _run_server(
         uvicorn.run(
             application, host=settings.http_host, port=settings.http_port, log_level="info",
             log_config=logs.uvicorn_config(),
+            proxy_headers=False,  # the trusted_proxies setting decides (cloudfilm.api.proxies)
         )  # fmt: skip
 
 

@@ -51,6 +51,10 @@ FORM_ROUTES = {
     "/s/{token}/consents",
     "/s/{token}/consents/{consent_id}/confirm", "/s/{token}/consents/{consent_id}/withdraw",
     "/staff/films/unmatched/{film_id}/attach",
+    "/staff/admin/users", "/staff/admin/users/{username}/disable",
+    "/staff/admin/users/{username}/enable", "/staff/admin/users/{username}/role",
+    "/staff/admin/users/{username}/password", "/staff/admin/keys",
+    "/staff/admin/keys/{key_id}/revoke", "/staff/admin/institutions",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).
@@ -128,6 +132,8 @@ class World:
             "fmt": "png", "filename": self.film or "none.png", "rest": "nowhere",
             "path": "nowhere", "consent_id": "0123456789abcdef",
             "platform_id": "0123456789abcdef", "film_id": self.printed,
+            "username": "user-a-radiologist",
+            "key_id": self.headers["key-a"]["Authorization"].split("_")[1],
         }  # fmt: skip
 
         def one(match: re.Match[str]) -> str:

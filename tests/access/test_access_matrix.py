@@ -45,6 +45,8 @@ SHARE_STAFF = frozenset(SEES_A - {"user-a-referring"})
 #: Roles that store (admin, technologist; keys are technologists).
 STORE_A = frozenset({"user-a-admin", "user-a-technologist", "user-platform-admin", "key-a"})
 USERS = frozenset({*USERS_OF_A, "user-platform-admin", "user-b"})
+#: Who manages A's users and keys.
+ADMINS = frozenset({"user-a-admin", "user-platform-admin"})
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,24 @@ DOORS: dict[tuple[str, str], Door] = {
     ("GET", "/api/films/unmatched/{film_id}.png"): api(SHARE_STAFF),
     ("POST", "/api/films/unmatched/{film_id}/attach"): api(SHARE_STAFF, ok=(400,),
                                                           why="400: no body"),
+    # admin pages: an admin of B manages B's accounts (A's user is missing for it: 404);
+    # forms are refused for lack of a CSRF token before anything is looked up
+    ("GET", "/staff/admin/users"): staff_page(ADMINS | {"user-b"}),
+    ("GET", "/staff/admin/keys"): staff_page(ADMINS | {"user-b"}),
+    ("GET", "/staff/admin/users/{username}"): Door(
+        ADMINS, {**staff_page(ADMINS).denied, "user-b": 404}
+    ),
+    ("GET", "/staff/admin/institutions"): staff_page(frozenset({"user-platform-admin"})),
+    # the audit trail: admins see their institution's events (B's admin: B's)
+    ("GET", "/staff/audit"): staff_page(ADMINS | {"user-b"}),
+    ("GET", "/staff/audit/export"): staff_page(ADMINS | {"user-b"}),
+    **{("POST", f"/staff/admin/{form}"): api(ADMINS | {"user-b"}, others=403, ok=CSRF,
+                                             why="403: no CSRF token")
+       for form in ("users", "users/{username}/disable", "users/{username}/enable",
+                    "users/{username}/role", "users/{username}/password", "keys",
+                    "keys/{key_id}/revoke")},
+    ("POST", "/staff/admin/institutions"): api(frozenset({"user-platform-admin"}), others=403,
+                                               ok=CSRF, why="403: no CSRF token"),
     # cloud films, staff API (a film of A is another institution's: 404 like a missing one)
     ("POST", "/api/shares"): api(SHARE_STAFF | OTHERS | {"user-a-referring"}, ok=(422,),
                                  why="422: empty body (validated before the role)"),

@@ -82,7 +82,7 @@ class ThreadServer:
         self.port = free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-            access_log=False,
+            access_log=False, proxy_headers=False,  # as cloudfilm serve: trusted_proxies decides
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

@@ -2,7 +2,8 @@
 
 Both processes share one index (SQLite file, or PostgreSQL): the counters live there, so
 attempts spread over the two servers add up. Client addresses are set with X-Forwarded-For,
-which uvicorn trusts from loopback (as from a reverse proxy on the same host).
+which the servers trust from loopback (``trusted_proxies``: as from a reverse proxy on the
+same host).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ pytestmark = [pytest.mark.db, pytest.mark.slow]
 @pytest.fixture
 def two_servers(cli_env: dict[str, str], people: People, tmp_path: Path) -> Iterator[list[str]]:
     """Two ``cloudfilm serve`` processes on the test archive; their origins."""
-    servers = [ServeProcess(cli_env, tmp_path / f"serve-{i}.log") for i in range(2)]
+    env = {**cli_env, "CLOUDFILM_TRUSTED_PROXIES": '["127.0.0.1"]'}
+    servers = [ServeProcess(env, tmp_path / f"serve-{i}.log") for i in range(2)]
     try:
         for server in servers:
             server.wait_healthy()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 import requests
-from share_support import People, token_of, unlock
+from share_support import People, ThreadServer, token_of, unlock
 from sqlalchemy import update
 
 from cloudfilm.archive import Archive
@@ -28,7 +29,9 @@ def wrong(code: str | None) -> str:
     return "000000" if code != "000000" else "111111"
 
 
-def test_code_page_then_patient_page(origin: str, people: People, links: ShareLinks) -> None:
+def test_code_page_then_patient_page(
+    origin: str, people: People, links: ShareLinks, serve: Callable[..., ThreadServer]
+) -> None:
     issued = links.issue(ShareRequest(study_uids=[people.a1.study], secret="code"))
     token = token_of(issued.link)
     browser = requests.Session()
@@ -47,9 +50,15 @@ def test_code_page_then_patient_page(origin: str, people: People, links: ShareLi
     cookie = passed.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and f"Path=/s/{token}" in cookie
     assert "Secure" not in cookie  # plain http on loopback; https requests get Secure:
-    behind_tls = requests.post(
+    tls_proxy = {"X-Forwarded-Proto": "https"}
+    not_trusted = requests.post(
         f"{origin}/s/{token}/unlock", data={"answer": issued.code}, allow_redirects=False,
-        headers={"X-Forwarded-Proto": "https"}, timeout=30,
+        headers=tls_proxy, timeout=30,
+    )  # fmt: skip
+    assert "Secure" not in not_trusted.headers["set-cookie"]  # loopback is no proxy of ours
+    behind_tls = requests.post(
+        f"{serve(trusted_proxies=['127.0.0.1']).origin}/s/{token}/unlock",
+        data={"answer": issued.code}, allow_redirects=False, headers=tls_proxy, timeout=30,
     )  # fmt: skip
     assert "Secure" in behind_tls.headers["set-cookie"]
     assert re.search(r"Max-Age=43200\b", cookie)

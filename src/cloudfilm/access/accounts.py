@@ -236,6 +236,23 @@ class Accounts:
             if not changed.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"user {username[:64]} not found")
 
+    def set_role(self, username: str, role: str) -> None:
+        """Give a user another role within their institution (not to or from
+        ``platform-admin``, which would change whether the user has an institution)."""
+        try:
+            check_role(role)
+        except ValueError as exc:
+            raise MalformedRequest(str(exc)) from exc
+        with self.archive.sessions.begin() as session:
+            row = session.scalar(select(UserAccount).where(UserAccount.username == username))
+            if row is None:
+                raise NotFound(f"user {username[:64]} not found")
+            if PLATFORM_ADMIN in (role, row.role) and role != row.role:
+                raise MalformedRequest(
+                    "a platform admin belongs to no institution: create a new account instead"
+                )
+            row.role = role
+
     def sign_in(
         self,
         username: str,

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from cloudfilm.access.accounts import Accounts, ApiKeyInfo, utcnow
 from cloudfilm.access.roles import PERMISSIONS
 from cloudfilm.api.deps import Principal
+from cloudfilm.api.proxies import client_address
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.sharing.crypto import derive_key
@@ -259,7 +260,7 @@ def _audit(request: Request, who: str, outcome: str, why: str) -> None:
             outcome=outcome,
             actor_kind="apikey",
             actor_id=who,
-            address=request.client.host if request.client else "",
+            address=client_address(request),
             agent=request.headers.get("user-agent", ""),
             detail=why,
         )

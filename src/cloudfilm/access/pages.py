@@ -48,12 +48,12 @@ from cloudfilm.access.accounts import (
 )
 from cloudfilm.access.principals import accounts_for
 from cloudfilm.api.deps import STAFF_COOKIE, Principal, PrincipalDep
+from cloudfilm.api.proxies import client_address
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Forbidden, MalformedRequest
 from cloudfilm.sharing.csrf import check_form
 from cloudfilm.sharing.lockout import Verdict, client_subject
 from cloudfilm.sharing.pages import read_form
-from cloudfilm.sharing.principals import client_address
 from cloudfilm.sharing.staff import (
     FORM_LIMIT,
     SIGNIN_PATH,

@@ -12,13 +12,16 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from cloudfilm import __version__
+from cloudfilm.access.admin import admin_router
 from cloudfilm.access.oauth import router as oauth_router
 from cloudfilm.access.pages import signin_router
 from cloudfilm.api.audit import AuditMiddleware
 from cloudfilm.api.deps import ArchiveDep
 from cloudfilm.api.metrics import LatencyHistogram, LatencyMiddleware, render_counters
+from cloudfilm.api.proxies import ProxyHeadersMiddleware
 from cloudfilm.archive import Archive
 from cloudfilm.audit import close_trail
+from cloudfilm.audit.pages import audit_router
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import CloudFilmError
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
@@ -102,6 +105,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(film_staff_router)  # likewise
     app.include_router(recognition_staff_router)  # likewise
     app.include_router(figures_pages)  # likewise
+    app.include_router(admin_router)
+    app.include_router(audit_router)
     app.include_router(oauth_router)
     app.include_router(films_staff_router)  # before the staff pages' catch-all too
     add_share_routes(app, settings)
@@ -114,4 +119,6 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(figures_router)
     app.include_router(build_viewer_router())
     app.mount(STATIC_PATH, StaticFiles(packages=[("cloudfilm.web", "static")]), name="static")
+    # Outermost: every middleware and route sees the client behind trusted proxies.
+    app.add_middleware(ProxyHeadersMiddleware, trusted=settings.trusted_proxies)
     return app

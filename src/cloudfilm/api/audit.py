@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudfilm.api.proxies import scope_client_address
 from cloudfilm.audit import AuditRecord, trail_for
 
 #: Route templates that never touch patient data.
@@ -62,6 +64,15 @@ def action_of(method: str, template: str) -> str:
     return "view"
 
 
+def audit_as(request: Request, action: str, detail: str = "") -> None:
+    """Name this request's audit row more precisely than its route can: ``action`` replaces
+    the one :func:`action_of` would give, ``detail`` (never a secret) is added to the route
+    template and status. The row is still written once, by :class:`AuditMiddleware`, with
+    the request's outcome."""
+    request.state.audit_action = action
+    request.state.audit_detail = detail
+
+
 class AuditMiddleware:
     """Records each request with its principal and outcome (a plain ASGI middleware)."""
 
@@ -98,23 +109,25 @@ class AuditMiddleware:
             return
         params: dict[str, Any] = scope.get("path_params") or {}
         study = next((str(params[p]) for p in _STUDY_PARAMS if p in params), "")
-        client = scope.get("client")
         agent = ""
         for name, value in scope.get("headers") or ():
             if name == b"user-agent":
                 agent = value.decode("latin-1")
                 break
         outcome = "success" if status < 400 else "denied" if status in _DENIED else "failure"
+        detail = f"{scope['method']} {template} {status}"
+        if state.get("audit_detail"):
+            detail = f"{detail}; {state['audit_detail']}"
         trail_for(archive).record(
             AuditRecord(
-                action=action_of(scope["method"], template),
+                action=state.get("audit_action") or action_of(scope["method"], template),
                 outcome=outcome,
                 actor_kind=principal.kind if principal else "anonymous",
                 actor_id=principal.id if principal else "",
                 institution=principal.institution if principal else "",
-                address=client[0] if client else "",
+                address=scope_client_address(scope),
                 agent=agent,
                 study_uid=study if len(study) <= 64 else "",
-                detail=f"{scope['method']} {template} {status}",
+                detail=detail,
             )
         )

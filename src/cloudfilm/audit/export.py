@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from sqlalchemy import ColumnElement, Engine, and_, select
+from sqlalchemy import ColumnElement, Engine, and_, or_, select
 
 from cloudfilm.audit.trail import iso_utc
-from cloudfilm.index.models import AuditEvent
+from cloudfilm.index.models import AuditEvent, Institution, Study, StudyAccess
 
 if TYPE_CHECKING:
     from cloudfilm.archive import Archive
@@ -56,10 +56,22 @@ class AuditFilter:
     patient_id: str | None = None
     study_uid: str | None = None
     institution: str | None = None
+    outcome: str | None = None
+    #: Only the events an institution's admin may read (its code): those of its own people
+    #: and machines (the actor's institution), and every event on a study it owns.
+    visible_to: str | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
         t = AuditEvent.__table__.c
         found: list[ColumnElement[bool]] = []
+        if self.visible_to is not None:
+            owned = (
+                select(Study.study_uid)
+                .join(StudyAccess, StudyAccess.study_pk == Study.pk)
+                .join(Institution, Institution.pk == StudyAccess.institution_pk)
+                .where(Institution.code == self.visible_to, StudyAccess.relation == "owner")
+            )
+            found.append(or_(t.institution == self.visible_to, t.study_uid.in_(owned)))
         if self.since is not None:
             found.append(t.at >= _utc(self.since))
         if self.until is not None:
@@ -71,6 +83,7 @@ class AuditFilter:
             (t.patient_id, self.patient_id),
             (t.study_uid, self.study_uid),
             (t.institution, self.institution),
+            (t.outcome, self.outcome),
         ):
             if value is not None:
                 found.append(column == value)
@@ -112,20 +125,48 @@ def iter_rows(engine: Engine, where: AuditFilter | None = None) -> Iterator[dict
         after = int(page[-1].seq)
 
 
+def newest_rows(
+    engine: Engine, where: AuditFilter | None = None, before: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """One page of matching rows, newest first: at most ``limit`` rows with ``seq`` below
+    ``before`` (all when None), as :func:`iter_rows` gives them."""
+    table = AuditEvent.__table__
+    conditions = (where or AuditFilter()).conditions()
+    if before is not None:
+        conditions.append(table.c.seq < before)
+    with engine.connect() as conn:
+        page = conn.execute(
+            select(table).where(and_(*conditions)).order_by(table.c.seq.desc()).limit(limit)
+        ).all()
+    rows = []
+    for row in page:
+        item = dict(row._mapping)
+        item["at"] = iso_utc(item["at"])
+        rows.append(item)
+    return rows
+
+
 def export(
     archive: Archive, out: TextIO, fmt: Format = "jsonl", where: AuditFilter | None = None
 ) -> int:
     """Write the matching rows to ``out`` in ``fmt``; returns the number of rows written."""
-    source_id = archive.settings.dimse_ae_title
     count = 0
-    for row in iter_rows(archive.engine, where):
-        if fmt == "jsonl":
-            out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
-        else:
-            out.write(dicom_audit_message(row, source_id))
-        out.write("\n")
+    for line in export_lines(archive, fmt, where):
+        out.write(line)
         count += 1
     return count
+
+
+def export_lines(
+    archive: Archive, fmt: Format = "jsonl", where: AuditFilter | None = None
+) -> Iterator[str]:
+    """The matching rows in ``fmt``, one line (ending in a newline) per row, streamed."""
+    source_id = archive.settings.dimse_ae_title
+    for row in iter_rows(archive.engine, where):
+        if fmt == "jsonl":
+            yield json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+        else:
+            yield dicom_audit_message(row, source_id) + "\n"
 
 
 # ---------------------------------------------------------------------- DICOM audit messages
@@ -163,6 +204,7 @@ ACCESSED = _dcm("110103", "DICOM Instances Accessed")
 TRANSFERRED = _dcm("110104", "DICOM Instances Transferred")
 SECURITY_ALERT = _dcm("110113", "Security Alert")
 OBJECT_SECURITY_CHANGED = _dcm("110135", "Object Security Attributes Changed")
+USER_SECURITY_CHANGED = _dcm("110137", "User Security Attributes Changed")
 AUTHENTICATION = _dcm("110114", "User Authentication")
 LOGIN = _dcm("110122", "Login")
 LOGOUT = _dcm("110123", "Logout")
@@ -192,6 +234,16 @@ EVENTS: dict[str, EventKind] = {
     "patient-link": EventKind(_dcm("110110", "Patient Record"), "U"),
     "update": EventKind(_dcm("110110", "Patient Record"), "U"),
     "audit-export": EventKind(_dcm("110101", "Audit Log Used"), "R"),
+    "audit-search": EventKind(_dcm("110101", "Audit Log Used"), "R"),
+    "user-create": EventKind(SECURITY_ALERT, "C", USER_SECURITY_CHANGED),
+    "user-disable": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-enable": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-password-reset": EventKind(SECURITY_ALERT, "U", USER_SECURITY_CHANGED),
+    "user-role": EventKind(SECURITY_ALERT, "U", _dcm("110136", "Security Roles Changed")),
+    "apikey-create": EventKind(SECURITY_ALERT, "C", USER_SECURITY_CHANGED),
+    "apikey-revoke": EventKind(SECURITY_ALERT, "D", USER_SECURITY_CHANGED),
+    "institution-create": EventKind(SECURITY_ALERT, "C", _dcm("110129", "Security Configuration")),
+    "admin-view": EventKind(_dcm("110100", "Application Activity"), "R"),
 }
 #: Actions not in ``EVENTS`` (nor their first word, e.g. ``view-rendered`` → ``view``).
 FALLBACK = EventKind(_dcm("110100", "Application Activity"), "E")

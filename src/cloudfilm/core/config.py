@@ -7,6 +7,7 @@ documented in ``sample-config.toml`` and ``docs/configuration.md`` (a test check
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cached_property
 from pathlib import Path
@@ -265,6 +266,11 @@ class Settings(BaseSettings):
     staff_session_hours: int = Field(
         10, ge=1, le=24 * 30, description="how long a staff sign-in lasts, in hours"
     )
+    trusted_proxies: list[str] = Field(
+        [],
+        description="addresses or CIDR blocks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: the TCP peer is the client",
+    )
     share_lockout_minutes: int = Field(
         15, ge=1, le=7 * 24 * 60, description="how long a share or client stays locked, in minutes"
     )
@@ -394,6 +400,7 @@ class Settings(BaseSettings):
     @classmethod
     def _film_printer(cls, value: str | None) -> str | None:
         return None if value is None else check_ae_title(value)
+
     @field_validator("figures_time_zone")
     @classmethod
     def _figures_time_zone(cls, value: str) -> str:
@@ -402,6 +409,18 @@ class Settings(BaseSettings):
         except (ValueError, ZoneInfoNotFoundError):
             raise ValueError(f"{value!r} is not an IANA time zone such as Asia/Shanghai") from None
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or CIDR block"
+                ) from exc
+        return [entry.strip() for entry in value]
 
     @field_validator("auto_share_source_aes")
     @classmethod

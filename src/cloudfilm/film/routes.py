@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep, SettingsDep
+from cloudfilm.api.proxies import client_address
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Forbidden, InvalidQuery, MalformedRequest, NotFound, TooLarge
@@ -68,7 +69,6 @@ from cloudfilm.film.unmatched import (
     visible_film,
     visible_films,
 )
-from cloudfilm.sharing.principals import client_address
 from cloudfilm.web.headers import content_disposition
 
 __all__ = ["FilmBody", "film_request", "router"]
@@ -339,6 +339,8 @@ async def list_film_prints(
     if not jobs:
         await run_in_threadpool(_exists, archive, study_uid)
     return JSONResponse([job.as_json() for job in jobs])
+
+
 FilmId = Annotated[int, Path(ge=1, le=2**31 - 1, description="id of the printed film")]
 #: Most unmatched films one listing returns.
 UNMATCHED_LIMIT = 200

@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep
+from cloudfilm.api.proxies import client_address
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import CloudFilmError, MalformedRequest
 from cloudfilm.film.printed import UnmatchedFilm, unmatched_film_png
@@ -43,7 +44,6 @@ from cloudfilm.film.unmatched import (
 )
 from cloudfilm.sharing.csrf import check_form
 from cloudfilm.sharing.pages import read_form
-from cloudfilm.sharing.principals import client_address
 from cloudfilm.sharing.staff import FORM_LIMIT, StaffRoute, csrf_keys, render_staff, require_staff
 from cloudfilm.sharing.staff_forms import PAGE_SIZE, page_number
 from cloudfilm.viewer.report import person_name

@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
+from cloudfilm.api.proxies import client_address
 from cloudfilm.archive import Archive
 from cloudfilm.audit import AuditRecord, trail_for
 from cloudfilm.core.errors import CloudFilmError, InvalidQuery
@@ -27,7 +28,7 @@ from cloudfilm.patients import consent as consents
 from cloudfilm.patients.pix import platform_patient_of_study
 from cloudfilm.sharing.links import ShareInfo
 from cloudfilm.sharing.pages import _holder, _notice, read_form
-from cloudfilm.sharing.principals import client_address, share_path
+from cloudfilm.sharing.principals import share_path
 from cloudfilm.web.templates import render_page
 
 __all__ = ["router"]

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep, SettingsDep
+from cloudfilm.api.proxies import client_address
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
 from cloudfilm.core.errors import Forbidden, MalformedRequest, NotFound
@@ -116,7 +117,7 @@ def download_response(
     )  # fmt: skip
     if principal.kind == "share":
         record_access(
-            archive, principal.id, "download", request.client.host if request.client else "",
+            archive, principal.id, "download", client_address(request),
             request.headers.get("user-agent", ""),
         )  # fmt: skip
     logger.info(

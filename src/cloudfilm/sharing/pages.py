@@ -28,6 +28,7 @@ from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
 from cloudfilm.api.deps import ArchiveDep
+from cloudfilm.api.proxies import client_address
 from cloudfilm.core.errors import (
     CloudFilmError,
     MalformedRequest,
@@ -48,7 +49,6 @@ from cloudfilm.sharing.links import (
 )
 from cloudfilm.sharing.lockout import CLIENT, SHARE, Subject, Verdict, client_subject
 from cloudfilm.sharing.principals import (
-    client_address,
     has_session,
     is_unlocked,
     links_for,

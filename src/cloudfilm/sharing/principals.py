@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudfilm.api.deps import Principal, app_service
+from cloudfilm.api.proxies import client_address
 from cloudfilm.core.errors import Forbidden, Gone, NotFound, Unauthorized
 from cloudfilm.sharing.accesses import record_access
 from cloudfilm.sharing.links import ShareInfo, ShareLinks, ShareState, utcnow
@@ -30,10 +31,6 @@ def links_for(request: Request) -> ShareLinks:
 def share_path(request: Request, token: str) -> str:
     """The path of the share's page as the client sees it (behind a proxy's root path too)."""
     return f"{request.scope.get('root_path', '')}/s/{token}"
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 def find_share(request: Request, token: str) -> ShareInfo:

@@ -17,11 +17,12 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudfilm.api.proxies import client_address
 from cloudfilm.core.config import Settings
 from cloudfilm.dicomweb.routes import build_router as build_dicomweb_router
 from cloudfilm.sharing import api, pages, staff
 from cloudfilm.sharing.accesses import record_access
-from cloudfilm.sharing.principals import client_address, share_principal
+from cloudfilm.sharing.principals import share_principal
 
 SHARE_PREFIX = "/s/{token}"
 #: Route paths (under the DICOMweb root) whose GET retrieves originals of a study or series.

@@ -169,7 +169,7 @@ def csrf_keys(request: Request) -> CsrfKeys:
     return keys
 
 
-def signed_in_user(request: Request) -> dict[str, str] | None:
+def signed_in_user(request: Request) -> dict[str, Any] | None:
     """What the header shows of the signed-in user (name, username, institution), or None
     when the page's caller is not a user (not signed in, development, an API key). Called
     from a worker thread: it reads the index."""
@@ -185,6 +185,9 @@ def signed_in_user(request: Request) -> dict[str, str] | None:
         "name": user.display_name or user.username,
         "username": user.username,
         "institution": (inst.name or inst.code) if inst else "",
+        # The admin pages' links are shown to those who may use them.
+        "admin": "users" in user.permissions,
+        "platform": "all-institutions" in user.permissions,
     }
 
 
