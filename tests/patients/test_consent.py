@@ -282,6 +282,11 @@ def test_consent_opens_the_exam_to_b_and_withdrawal_closes_it(platform: Platform
     )
     own = p.as_("b-doc").get("/api/recognition/figures").json()
     assert [f["institution"] for f in own] == ["hosp-b"]
+    page = p.as_("b-doc").get("/staff/figures", headers={"Accept-Language": "en"})
+    assert page.status_code == 200
+    row = re.search(r'<tr data-institution="hosp-b">(.*?)</tr>', page.text, re.S)
+    assert row is not None and 'data-institution="hosp-a"' not in page.text
+    assert re.findall(r'class="num">(\d+)<', row.group(1)) == ["1", "1", "1", "0", "1", "1", "0"]
     # the patient sees who opened the exam (from the audit trail), and withdraws
     trail_for(p.archive).flush()
     page = p.as_("patient").get(f"/s/{p.a_token}/consents", headers={"Accept-Language": "en"})

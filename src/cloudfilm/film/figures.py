@@ -259,7 +259,24 @@ def figures_page(
         figures = _figures(archive, settings, principal, wanted)
     except InvalidQuery as exc:
         return render_staff(request, "staff_figures.html", {**base, "error": exc.message}, 400)
-    return render_staff(request, "staff_figures.html", {**base, **_page(request, figures, names)})
+    recognition = _recognition(archive, figures.query, principal)
+    page = {**base, **_page(request, figures, names), "recognition": recognition}
+    return render_staff(request, "staff_figures.html", page)
+
+
+def _recognition(archive: Archive, query: FiguresQuery, principal: Principal) -> list[Any]:
+    """The mutual-recognition figures (``cloudfilm.patients.recognition``) of the same
+    institutions and days as the film figures."""
+    from cloudfilm.access.visibility import institution_pk_of
+    from cloudfilm.patients.recognition import figures as recognition_figures
+
+    scope = scoped(archive, principal, query)
+    wanted = None
+    if scope.institution is not None:
+        pk = institution_pk_of(archive, scope.institution)
+        wanted = [pk] if pk is not None else []
+    since, until = scope.utc_bounds
+    return recognition_figures(archive, institution_pks=wanted, since=since, until=until)
 
 
 def _lang_href(request: Request) -> str:
