@@ -55,8 +55,13 @@ def rows_to_send() -> list[Sent]:
 def _flush(client: DICOMwebClient, batch: list[Sent]) -> None:
     if not batch:
         return
-    result = stow_client(client, [s.path.read_bytes() for s in batch])
-    assert "FailedSOPSequence" not in result, [s.row.relative_path for s in batch]
+    response = stow_raw(client.base_url, [s.path.read_bytes() for s in batch])
+    assert response.status_code == 200, (
+        response.status_code,
+        [s.row.relative_path for s in batch],
+        response.headers.get("Warning"),
+    )
+    result = Dataset.from_json(response.json())
     refs = result.ReferencedSOPSequence
     assert len(refs) == len(batch)
     for sent, ref in zip(batch, refs, strict=True):
