@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from io import BytesIO
 
@@ -117,3 +118,30 @@ def test_many_short_associations_in_a_row(dimse: DimseServer, archive: Archive) 
     while dimse.ae.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dimse.ae.active_associations == []
+
+
+def test_a_reactor_paused_by_a_sender_does_not_take_its_response() -> None:
+    """The interleaving that lost a C-STORE response under load: the reactor has passed its
+    checkpoint (``_is_paused`` still true) when a sender clears it and goes on. Un-pausing must
+    then wait for the sender, instead of taking messages off the queue beside it."""
+    from pynetdicom.association import Association
+
+    assert reactor.install_pause_handshake()
+    assoc = Association(AE(), "requestor")
+    assert assoc._is_paused is False and assoc._reactor_checkpoint.is_set()
+    assoc._is_paused = True  # the reactor passed ``_reactor_checkpoint.wait()`` ...
+    assoc._reactor_checkpoint.clear()  # ... and a sender pauses it, sees it paused, goes on
+    unpaused = threading.Event()
+
+    def reactor_turn() -> None:
+        assoc._is_paused = False  # what pynetdicom's loop does next
+        unpaused.set()
+
+    turn = threading.Thread(target=reactor_turn, daemon=True)
+    turn.start()
+    assert not unpaused.wait(0.3), "the reactor went on while the sender was exchanging"
+    assert assoc._is_paused
+    assoc._reactor_checkpoint.set()  # the sender is done
+    assert unpaused.wait(5)
+    turn.join(5)
+    assert assoc._is_paused is False

@@ -61,6 +61,61 @@ def supported() -> bool:
     return ".".join(pynetdicom.__version__.split(".")[:2]) in SUPPORTED
 
 
+class _PauseHandshake:
+    """``Association._is_paused`` made safe: the reactor never takes a message once a thread
+    has paused it.
+
+    pynetdicom's reactor loop sets ``_is_paused = True``, waits at ``_reactor_checkpoint``,
+    sets ``_is_paused = False`` and then takes the next DIMSE message off the queue. A thread
+    that sends (``send_c_store`` and the like) clears the checkpoint and goes on as soon as
+    ``_is_paused`` is true. If it does so just after the reactor passed the checkpoint but
+    before it set ``_is_paused`` back to false, both run: the reactor takes the response meant
+    for the sender ("Received unexpected C-STORE service message") and the sender waits for it
+    until its DIMSE timeout ("no response from the peer"). The window is a few bytecodes, but
+    a loaded machine preempts threads there (it failed CI with four test workers on two cores).
+
+    Here, un-pausing first publishes ``False`` and then looks at the checkpoint once more: if
+    a thread cleared it meanwhile, the reactor pauses again and waits. A sender that cleared
+    the checkpoint later sees ``False`` and waits for the next pause, as pynetdicom intends.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_cloudfilm_paused"
+
+    def __get__(self, assoc: Any, owner: type | None = None) -> Any:
+        if assoc is None:
+            return self
+        return assoc.__dict__.get(self.slot, False)
+
+    def __set__(self, assoc: Any, paused: bool) -> None:
+        state = assoc.__dict__
+        if paused:
+            state[self.slot] = True
+            return
+        checkpoint = state.get("_reactor_checkpoint")
+        while True:
+            state[self.slot] = False
+            if checkpoint is None or checkpoint.is_set():
+                return
+            state[self.slot] = True  # a sender paused us after the checkpoint: stay paused
+            checkpoint.wait()
+
+
+def install_pause_handshake() -> bool:
+    """Give pynetdicom's ``Association`` the safe ``_is_paused`` (:class:`_PauseHandshake`),
+    for every association of this process, requestors included; only for ``SUPPORTED``
+    versions. Returns whether it is installed."""
+    from pynetdicom.association import Association
+
+    if not supported():
+        return False
+    if not isinstance(Association.__dict__.get("_is_paused"), _PauseHandshake):
+        handshake = _PauseHandshake()
+        handshake.__set_name__(Association, "_is_paused")
+        Association._is_paused = handshake  # type: ignore[assignment]
+    return True
+
+
 class _WakingQueue(queue.Queue[Any]):
     """A queue that calls ``wake`` after every ``put``."""
 
@@ -453,3 +508,6 @@ def _peer(assoc: Any) -> str:
         return str(assoc.requestor.address)
     except Exception:
         return "?"
+
+
+install_pause_handshake()
