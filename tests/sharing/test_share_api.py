@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
 from share_support import People, ThreadServer, token_of, unlock
+from sqlalchemy import delete, select
 
+from cloudfilm.audit import trail_for
+from cloudfilm.index.models import AuditEvent, ShareAccess
 from cloudfilm.sharing.links import ShareFilter, ShareLinks, ShareRequest, utcnow
 
 pytestmark = pytest.mark.db
@@ -165,6 +170,56 @@ def test_holder_accesses_and_reshares(origin: str, people: People, links: ShareL
     other_child = links.reshare(stranger.info.id, ShareRequest())
     foreign = patient.delete(f"{base}/reshares/{other_child.info.id}", timeout=30)
     assert foreign.status_code == 404  # only links made from this one
+
+
+def test_accesses_are_read_from_the_audit_trail(
+    origin: str, people: People, links: ShareLinks
+) -> None:
+    """Each opening and download is one audit row of the share, and the list is those rows."""
+    issued = links.issue(
+        ShareRequest(study_uids=[people.a1.study], secret="code", permissions=["download"])
+    )
+    token = token_of(issued.link)
+    patient = requests.Session()
+    patient.headers["User-Agent"] = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Safari/604.1"
+    assert unlock(patient, origin, token, issued.code or "").status_code == 303
+    zipped = patient.get(f"{origin}/s/{token}/download.zip", timeout=60)
+    assert zipped.status_code == 200
+    study = patient.get(
+        f"{origin}/s/{token}/dicomweb/studies/{people.a1.study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=60,
+    )  # fmt: skip
+    assert study.status_code == 200
+    archive = links.archive
+    rows: list[Any] = []
+    for _ in range(100):  # the middleware records a request just after its answer is sent
+        trail_for(archive).flush(timeout=10)
+        with archive.sessions() as session:
+            rows = list(
+                session.execute(
+                    select(AuditEvent.action, AuditEvent.detail, AuditEvent.address)
+                    .where(AuditEvent.actor_kind == "share")
+                    .where(AuditEvent.actor_id == issued.info.id)
+                    .order_by(AuditEvent.seq)
+                )
+            )
+        if len(rows) >= 3:
+            break
+        time.sleep(0.1)
+    # the list does not come from share_access (kept for the film figures only)
+    with archive.sessions.begin() as writing:
+        writing.execute(delete(ShareAccess).where(ShareAccess.share_id == issued.info.id))
+    downloads = [r for r in rows if r.action == "download"]
+    assert [r.action for r in rows if r.action == "share-open"] == ["share-open"]
+    # one row per request: the ZIP and the WADO-RS study retrieve, each named a download
+    assert len(downloads) == 2 and "download.zip" in downloads[0].detail
+    assert "/dicomweb/studies/{study}" in downloads[1].detail
+    assert not [r for r in rows if r.action == "retrieve"]
+    assert {r.address for r in rows} == {"127.0.0.1"}  # the trail keeps the whole address
+    seen = patient.get(f"{origin}/s/{token}/api/accesses", timeout=30).json()["accesses"]
+    assert [a["action"] for a in seen] == ["download", "download", "open"]
+    assert {a["client"] for a in seen} == {"127.0.0.0/24"}  # the patient sees the network
+    assert all("iPhone" in a["user_agent"] for a in seen)
 
 
 def test_reshare_form_and_panel(origin: str, people: People, links: ShareLinks) -> None:

@@ -1,8 +1,14 @@
 """Who opened my images: each opening, download and renewal of a share and of its reshares.
 
-The client address is kept only to its network (/24 for IPv4, /48 for IPv6): enough to say
-"roughly from where", not to identify a household. Issue 6 moves these records into the audit
-trail; until then they live in ``share_access``.
+The patient's list is read from the audit trail (``audit_event``, rows whose actor is the share
+or one of its reshares), the same hash-chained record admins search and export: what the
+patient sees is what was audited. Each access is one audit row — ``share-open``,
+``share-renew`` or ``download`` — written by the request's audit middleware when the request
+already has the share as its principal, else here. The list shows only the client's network
+(/24 for IPv4, /48 for IPv6): enough to say "roughly from where", not to identify a household.
+
+``share_access`` keeps a second, smaller copy (share, time, action, network) for the film
+figures (``cloudfilm.film.stats``), which count openings per institution and period.
 """
 
 from __future__ import annotations
@@ -13,13 +19,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from starlette.requests import Request
 
+from cloudfilm.api.audit import audit_as
 from cloudfilm.archive import Archive
-from cloudfilm.index.models import Share, ShareAccess
+from cloudfilm.audit import AuditRecord, trail_for
+from cloudfilm.index.models import AuditEvent, Share, ShareAccess
 from cloudfilm.sharing.lockout import aware
 
-ACTIONS = ("open", "download", "renew")
+#: The accesses of a share, and the audit action each is recorded as.
+AUDIT_ACTIONS = {"open": "share-open", "download": "download", "renew": "share-renew"}
+ACTIONS = tuple(AUDIT_ACTIONS)
+_FROM_AUDIT = {audit: action for action, audit in AUDIT_ACTIONS.items()}
 MAX_LISTED = 500
+#: How long a listing waits for queued audit rows to be written, in seconds.
+FLUSH_SECONDS = 5.0
 
 
 def truncate_address(address: str) -> str:
@@ -67,14 +81,32 @@ def record_access(
     client_address: str,
     user_agent: str,
     now: datetime | None = None,
+    *,
+    request: Request | None = None,
 ) -> None:
-    """Record one ``open``, ``download`` or ``renew`` of a share.
+    """Record one ``open``, ``download`` or ``renew`` of a share, in the audit trail.
 
     The download of originals (the ZIP, a WADO-RS study or series retrieve) calls this with
-    ``download``; pages call it with ``open`` when a browser starts a session.
+    ``download``; pages call it with ``open`` when a browser starts a session. With the
+    ``request`` whose principal is the share, the request's own audit row is named after the
+    access (one row per request); otherwise a row is recorded here.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown access action {action!r}")
+    principal = getattr(request.state, "principal", None) if request is not None else None
+    if request is not None and principal is not None and principal.id == share_id:
+        audit_as(request, AUDIT_ACTIONS[action])
+    else:
+        trail_for(archive).record(
+            AuditRecord(
+                action=AUDIT_ACTIONS[action],
+                actor_kind="share",
+                actor_id=share_id,
+                address=client_address,
+                agent=user_agent,
+                at=now,
+            )
+        )
     with archive.sessions.begin() as session:
         session.add(
             ShareAccess(
@@ -90,27 +122,35 @@ def record_access(
 def list_accesses(
     archive: Archive, share_id: str, *, with_reshares: bool, limit: int = MAX_LISTED
 ) -> list[AccessRecord]:
-    """Accesses of a share (and of its reshares when ``with_reshares``), newest first."""
+    """Accesses of a share (and of its reshares when ``with_reshares``), newest first, from
+    the audit trail (after the rows still queued are written, waiting ``FLUSH_SECONDS`` at
+    most)."""
+    trail_for(archive).flush(timeout=FLUSH_SECONDS)
     with archive.sessions() as session:
         ids = [share_id]
         if with_reshares:
             ids += list(session.scalars(select(Share.id).where(Share.parent_id == share_id)))
         rows = session.execute(
-            select(ShareAccess, Share.label, Share.parent_id)
-            .join(Share, Share.id == ShareAccess.share_id)
-            .where(ShareAccess.share_id.in_(ids))
-            .order_by(ShareAccess.at.desc(), ShareAccess.pk.desc())
+            select(AuditEvent, Share.label, Share.parent_id)
+            .join(Share, Share.id == AuditEvent.actor_id)
+            .where(
+                AuditEvent.actor_kind == "share",
+                AuditEvent.actor_id.in_(ids),
+                AuditEvent.action.in_(tuple(_FROM_AUDIT)),
+                AuditEvent.outcome == "success",
+            )
+            .order_by(AuditEvent.at.desc(), AuditEvent.seq.desc())
             .limit(limit)
         ).all()
     return [
         AccessRecord(
-            at=aware(access.at),
-            action=access.action,
-            share_id=access.share_id,
+            at=aware(event.at),
+            action=_FROM_AUDIT[event.action],
+            share_id=event.actor_id,
             label=label,
             is_reshare=parent is not None,
-            client=access.client,
-            user_agent=access.user_agent,
+            client=truncate_address(event.address),
+            user_agent=event.agent,
         )
-        for access, label, parent in rows
+        for event, label, parent in rows
     ]

@@ -118,7 +118,7 @@ def download_response(
     if principal.kind == "share":
         record_access(
             archive, principal.id, "download", client_address(request),
-            request.headers.get("user-agent", ""),
+            request.headers.get("user-agent", ""), request=request,
         )  # fmt: skip
     logger.info(
         "download of %d instances of %s by %s:%s",

@@ -277,7 +277,7 @@ def _answer(
         info = links.renew(info.id, now=now)
         record_access(
             links.archive, info.id, "renew", client_address(request),
-            request.headers.get("user-agent", ""), now,
+            request.headers.get("user-agent", ""), now, request=request,
         )  # fmt: skip
     response = RedirectResponse(home, status_code=303)
     start_session(request, response, info, token, now)

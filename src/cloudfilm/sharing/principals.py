@@ -108,5 +108,5 @@ def start_session(
     )
     record_access(
         links.archive, info.id, "open", client_address(request),
-        request.headers.get("user-agent", ""), now,
+        request.headers.get("user-agent", ""), now, request=request,
     )  # fmt: skip

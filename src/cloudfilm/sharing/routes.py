@@ -74,9 +74,12 @@ def record_download(request: Request) -> None:
         return
     principal = share_principal(request, str(token))
     if principal.can_download(str(study)):
+        request.state.principal = principal  # the request's audit row is this download
         archive = request.app.state.archive
         agent = request.headers.get("user-agent", "")
-        record_access(archive, principal.id, "download", client_address(request), agent)
+        record_access(
+            archive, principal.id, "download", client_address(request), agent, request=request
+        )
 
 
 def add_share_routes(app: FastAPI, settings: Settings) -> None:
