@@ -55,6 +55,7 @@ FORM_ROUTES = {
     "/staff/admin/users/{username}/enable", "/staff/admin/users/{username}/role",
     "/staff/admin/users/{username}/password", "/staff/admin/keys",
     "/staff/admin/keys/{key_id}/revoke", "/staff/admin/institutions",
+    "/staff/patients/link", "/staff/patients/merge", "/staff/patients/split",
 }  # fmt: skip
 FORM_BODY = {"answer": "000000", "username": "nobody", "password": "wrong password"}
 #: The share callers (their token fills ``{token}``; others use A's locked link's token).

@@ -228,6 +228,13 @@ DOORS: dict[tuple[str, str], Door] = {
     ("POST", "/api/pix/split"): api(
         frozenset({"user-platform-admin"}), others=403, ok=(400,), why="400: no body"
     ),
+    # the staff page of patient links: staff who store review their patients' links (B's
+    # staff see B's); forms are refused for lack of a CSRF token before anything else
+    ("GET", "/staff/patients"): staff_page(STORE_A | OTHERS),
+    ("POST", "/staff/patients/link"): api(STORE_A | OTHERS, ok=CSRF, why="403: no CSRF token"),
+    **{("POST", f"/staff/patients/{form}"): api(frozenset({"user-platform-admin"}), others=403,
+                                                ok=CSRF, why="403: no CSRF token")
+       for form in ("merge", "split")},
     ("GET", "/api/patients/exams"): VIEW_A,
     ("POST", "/api/consents"): api(SHARE_STAFF | OTHERS, ok=(400,), why="400: no body"),
     ("GET", "/api/studies/{study_uid}/consents"): api(SHARE_STAFF),

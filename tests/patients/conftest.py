@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sharing"))
 
+from platform_support import Platform, build_platform
 from share_support import ThreadServer
 
 from cloudfilm.api.app import create_app
@@ -31,3 +32,9 @@ def serve(archive: Archive) -> Iterator[Callable[..., ThreadServer]]:
     yield start
     for server in running:
         server.stop()
+
+
+@pytest.fixture
+def platform(archive: Archive) -> Iterator[Platform]:
+    """Hospitals A, B and C, their staff and one patient seen at all three (platform_support)."""
+    yield from build_platform(archive)

@@ -31,6 +31,7 @@ from cloudfilm.film.routes import router as films_router
 from cloudfilm.film.staff_pages import router as film_staff_router
 from cloudfilm.film.unmatched_pages import router as films_staff_router
 from cloudfilm.index.queries import archive_totals
+from cloudfilm.patients.link_pages import router as patient_links_pages
 from cloudfilm.patients.pages import router as consent_pages_router
 from cloudfilm.patients.routes import router as patients_router
 from cloudfilm.patients.staff_pages import router as recognition_staff_router
@@ -109,6 +110,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(oauth_router)
     app.include_router(films_staff_router)  # before the staff pages' catch-all too
+    app.include_router(patient_links_pages)  # likewise
     add_share_routes(app, settings)
     app.include_router(downloads.router)
     app.include_router(downloads.share_router, prefix="/s/{token}")

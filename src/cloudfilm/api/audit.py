@@ -64,13 +64,14 @@ def action_of(method: str, template: str) -> str:
     return "view"
 
 
-def audit_as(request: Request, action: str, detail: str = "") -> None:
+def audit_as(request: Request, action: str, detail: str = "", patient_id: str = "") -> None:
     """Name this request's audit row more precisely than its route can: ``action`` replaces
     the one :func:`action_of` would give, ``detail`` (never a secret) is added to the route
-    template and status. The row is still written once, by :class:`AuditMiddleware`, with
-    the request's outcome."""
+    template and status, ``patient_id`` names the patient it concerns. The row is still
+    written once, by :class:`AuditMiddleware`, with the request's outcome."""
     request.state.audit_action = action
     request.state.audit_detail = detail
+    request.state.audit_patient = patient_id
 
 
 class AuditMiddleware:
@@ -127,6 +128,7 @@ class AuditMiddleware:
                 institution=principal.institution if principal else "",
                 address=scope_client_address(scope),
                 agent=agent,
+                patient_id=str(state.get("audit_patient") or ""),
                 study_uid=study if len(study) <= 64 else "",
                 detail=detail,
             )

@@ -232,6 +232,8 @@ EVENTS: dict[str, EventKind] = {
     "consent-withdraw": EventKind(SECURITY_ALERT, "D", OBJECT_SECURITY_CHANGED),
     "recognition": EventKind(_dcm("110111", "Procedure Record"), "C"),
     "patient-link": EventKind(_dcm("110110", "Patient Record"), "U"),
+    "patient-merge": EventKind(_dcm("110110", "Patient Record"), "U"),
+    "patient-split": EventKind(_dcm("110110", "Patient Record"), "U"),
     "update": EventKind(_dcm("110110", "Patient Record"), "U"),
     "audit-export": EventKind(_dcm("110101", "Audit Log Used"), "R"),
     "audit-search": EventKind(_dcm("110101", "Audit Log Used"), "R"),

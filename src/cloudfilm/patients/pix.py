@@ -29,9 +29,11 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
@@ -59,7 +61,9 @@ __all__ = [
     "normalize_phone",
     "patient_info",
     "phone_of",
+    "platform_id_of",
     "platform_patient_of_study",
+    "recent_links",
     "split",
     "strong_key_hmac",
 ]
@@ -79,6 +83,21 @@ class LinkedPatient:
     #: Codes of the institutions that own or hold studies of this patient.
     institutions: tuple[str, ...]
     studies: int
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    """One cross-reference, for the staff review list (newest first)."""
+
+    patient_id: str
+    issuer: str
+    name: str | None
+    platform_id: str
+    source: str
+    created_by: str
+    created_at: datetime
+    #: How many index patients (Patient ID with issuer) the platform patient has.
+    linked: int
 
 
 @dataclass(frozen=True)
@@ -417,3 +436,69 @@ def phone_of(archive: Archive, platform_pk: int) -> tuple[str | None, str]:
     if not sealed:
         return None, ""
     return _sealer(archive.settings).unseal(sealed, _PHONE_CONTEXT), str(hint or "")
+
+
+def platform_id_of(archive: Archive, patient_id: str, issuer: str = "") -> str | None:
+    """The public id of the platform patient an index patient is linked to (None: no link).
+
+    Raises ``NotFound`` when the archive has no such patient."""
+    with archive.engine.connect() as conn:
+        patient_pk = _index_patient(conn, patient_id, issuer)
+        found = conn.execute(
+            select(PlatformPatient.id)
+            .join(PatientLink, PatientLink.platform_patient_pk == PlatformPatient.pk)
+            .where(PatientLink.patient_pk == patient_pk)
+        ).scalar()
+    return str(found) if found is not None else None
+
+
+def recent_links(
+    archive: Archive, institution_pk: int | None, *, limit: int, offset: int = 0
+) -> list[LinkRow]:
+    """Cross-references, newest first: of the patients with a study ``institution_pk`` owns
+    or holds, or all of them (``None``, the platform administrator)."""
+    other = aliased(PatientLink)
+    linked = (
+        select(func.count())
+        .select_from(other)
+        .where(other.platform_patient_pk == PlatformPatient.pk)
+        .correlate(PlatformPatient)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            Patient.patient_id, Patient.issuer, Patient.patient_name, PlatformPatient.id,
+            PatientLink.source, PatientLink.created_by, PatientLink.created_at, linked,
+        )
+        .join(PatientLink, PatientLink.patient_pk == Patient.pk)
+        .join(PlatformPatient, PlatformPatient.pk == PatientLink.platform_patient_pk)
+        .order_by(PatientLink.created_at.desc(), Patient.pk.desc())
+        .limit(limit)
+        .offset(offset)
+    )  # fmt: skip
+    if institution_pk is not None:
+        query = query.where(
+            select(StudyAccess.study_pk)
+            .join(Study, Study.pk == StudyAccess.study_pk)
+            .where(Study.patient_pk == Patient.pk, StudyAccess.institution_pk == institution_pk)
+            .exists()
+        )
+    with archive.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        LinkRow(
+            patient_id=row[0],
+            issuer=row[1],
+            name=row[2],
+            platform_id=str(row[3]),
+            source=row[4],
+            created_by=row[5],
+            created_at=_utc(row[6]),
+            linked=int(row[7]),
+        )
+        for row in rows
+    ]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 
+from cloudfilm.api.audit import audit_as
 from cloudfilm.api.deps import ArchiveDep, Principal, PrincipalDep
 from cloudfilm.archive import Archive
 from cloudfilm.core.errors import Forbidden, InvalidQuery, MalformedRequest, NotFound, TooLarge
@@ -136,8 +137,11 @@ def _staff_of_institution(principal: Principal) -> int:
     return principal.institution_pk
 
 
-def _sees_patient(archive: Archive, principal: Principal, patient_id: str, issuer: str) -> None:
-    """404 unless the caller sees at least one study of the patient."""
+def require_sees_patient(
+    archive: Archive, principal: Principal, patient_id: str, issuer: str, *, holds: bool = False
+) -> None:
+    """404 unless the caller sees at least one study of the patient; with ``holds``, unless
+    its institution owns or holds one (a consent lets it see a patient, not re-link them)."""
     with archive.engine.connect() as conn:
         uids = list(
             conn.execute(
@@ -146,7 +150,8 @@ def _sees_patient(archive: Archive, principal: Principal, patient_id: str, issue
                 .where(Patient.patient_id == patient_id, Patient.issuer == issuer)
             ).scalars()
         )
-    if not any(principal.can_view_study(uid) for uid in uids):
+    allowed = principal.can_change_study if holds else principal.can_view_study
+    if not any(allowed(uid) for uid in uids):
         raise NotFound(f"no patient {patient_id!r} (issuer {issuer!r})")
 
 
@@ -161,7 +166,9 @@ async def link_patient(
     if not principal.can_store():
         raise Forbidden("the identity feed needs a principal that may store")
     body = await _body(request, LinkBody)
-    await run_in_threadpool(_sees_patient, archive, principal, body.patient_id, body.issuer)
+    await run_in_threadpool(
+        lambda: require_sees_patient(archive, principal, body.patient_id, body.issuer, holds=True)
+    )
     info = await run_in_threadpool(
         lambda: pix.link(
             archive, body.patient_id, body.issuer, strong_key=body.strong_key,
@@ -169,6 +176,7 @@ async def link_patient(
             source="feed" if principal.kind == "apikey" else "staff", created_by=principal.label,
         )
     )  # fmt: skip
+    audit_as(request, "patient-link", f"to {info.id}", patient_id=body.patient_id)
     return JSONResponse(info.as_json())
 
 
@@ -179,17 +187,32 @@ async def show_platform_patient(
     principal: PrincipalDep,
 ) -> JSONResponse:
     """A platform patient and its links (for review)."""
+    info = await run_in_threadpool(visible_platform_patient, archive, principal, platform_id)
+    return JSONResponse(info.as_json())
+
+
+def require_link_reviewer(principal: Principal) -> None:
+    """403 unless the caller may review patient links (staff who may store, or the platform
+    administrator)."""
     if not principal.can_store() and not principal.all_institutions:
         raise Forbidden("reviewing patient links needs a staff account that may store")
-    info = await run_in_threadpool(pix.patient_info, archive, platform_id)
+
+
+def visible_platform_patient(
+    archive: Archive, principal: Principal, platform_id: str
+) -> pix.PlatformPatientInfo:
+    """A platform patient the caller may review: the platform administrator any, staff one
+    with a patient their institution sees; 404 otherwise (as for an unknown id)."""
+    require_link_reviewer(principal)
+    info = pix.patient_info(archive, platform_id)
     if not principal.all_institutions and principal.kind != "development":
         mine = principal.institution
         if not any(mine in link.institutions for link in info.links):
             raise NotFound(f"no platform patient {platform_id}")
-    return JSONResponse(info.as_json())
+    return info
 
 
-def _platform_admin(principal: Principal) -> None:
+def require_platform_admin(principal: Principal) -> None:
     if not (principal.all_institutions or principal.kind == "development"):
         raise Forbidden("merging and splitting patients is for the platform administrator")
 
@@ -202,9 +225,10 @@ async def merge_platform_patients(
     principal: PrincipalDep,
 ) -> JSONResponse:
     """Merge this platform patient into another (the same person twice)."""
-    _platform_admin(principal)
+    require_platform_admin(principal)
     body = await _body(request, MergeBody)
     info = await run_in_threadpool(pix.merge, archive, platform_id, body.into)
+    audit_as(request, "patient-merge", f"{platform_id} into {body.into}")
     return JSONResponse(info.as_json())
 
 
@@ -213,11 +237,12 @@ async def split_patient(
     request: Request, archive: ArchiveDep, principal: PrincipalDep
 ) -> JSONResponse:
     """Give a wrongly linked patient a platform patient of its own."""
-    _platform_admin(principal)
+    require_platform_admin(principal)
     body = await _body(request, SplitBody)
     new_id = await run_in_threadpool(
         lambda: pix.split(archive, body.patient_id, body.issuer, created_by=principal.label)
     )
+    audit_as(request, "patient-split", f"to {new_id}", patient_id=body.patient_id)
     return JSONResponse((await run_in_threadpool(pix.patient_info, archive, new_id)).as_json())
 
 
@@ -236,7 +261,7 @@ async def patient_exams(
 
 
 def _exams(archive: Archive, principal: Principal, patient_id: str, issuer: str) -> dict[str, Any]:
-    _sees_patient(archive, principal, patient_id, issuer)
+    require_sees_patient(archive, principal, patient_id, issuer)
     with archive.engine.connect() as conn:
         platform_pk = conn.execute(
             select(PatientLink.platform_patient_pk)
