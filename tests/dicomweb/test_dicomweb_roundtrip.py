@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from dicomweb_support import LiveServer, outcome_table, retrieve_parts, stow_client, stow_raw
+from dicomweb_support import LiveServer, outcome_table, retrieve_parts, stow_raw
 from pydicom.dataset import Dataset
 
 from cloudfilm.archive import Archive
