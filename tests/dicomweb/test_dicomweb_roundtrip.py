@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from dicomweb_support import LiveServer, outcome_table, retrieve_parts, stow_raw
+from dicomweb_support import LiveServer, outcome_table, retrieve_parts, stow_client, stow_raw
 from pydicom.dataset import Dataset
 
 from cloudfilm.archive import Archive
@@ -55,13 +55,16 @@ def rows_to_send() -> list[Sent]:
 def _flush(client: DICOMwebClient, batch: list[Sent]) -> None:
     if not batch:
         return
-    response = stow_raw(client.base_url, [s.path.read_bytes() for s in batch])
-    assert response.status_code == 200, (
-        response.status_code,
+    answers: list[requests.Response] = []  # to show the server's reasons (Warning headers)
+    client._session.hooks["response"].append(lambda r, *_a, **_k: answers.append(r))
+    try:
+        result = stow_client(client, [s.path.read_bytes() for s in batch])
+    finally:
+        client._session.hooks["response"].pop()
+    assert "FailedSOPSequence" not in result, (
         [s.row.relative_path for s in batch],
-        response.headers.get("Warning"),
+        [a.headers.get("Warning") for a in answers],
     )
-    result = Dataset.from_json(response.json())
     refs = result.ReferencedSOPSequence
     assert len(refs) == len(batch)
     for sent, ref in zip(batch, refs, strict=True):
