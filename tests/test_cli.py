@@ -374,6 +374,7 @@ def test_demo_prints_a_cloud_film_per_patient_and_the_staff_page(
     from cloudfilm.access.accounts import Accounts
     from cloudfilm.api.app import create_app
     from cloudfilm.demo import DEMO_STUDIES
+    from cloudfilm.patients.notify import outbox
     from cloudfilm.sharing.links import ShareFilter, ShareLinks
 
     demo = ("demo", "--no-serve", "--data-dir", settings.data_dir, "--port", "8765")
@@ -412,4 +413,20 @@ def test_demo_prints_a_cloud_film_per_patient_and_the_staff_page(
         assert len(answer.json()) == len(DEMO_STUDIES)  # the demo studies are the hospital's
         password = re.findall(r"user demo-admin  password (\S+)$", second.stdout, re.MULTILINE)
         assert len(password) == 1
+        # the consent flow can be tried: each patient has a phone on record, the second
+        # hospital's radiologist signs in with the printed password
+        assert "cloudfilm patients outbox --data-dir" in second.stdout
+        for _name, token, _code in films:
+            consent = client.get(f"/s/{token}/consents?lang=en")
+            assert consent.status_code == 200 and "demo-hospital-b" in consent.text
+        asked = client.post(
+            f"/s/{films[0][1]}/consents",
+            data={"institution": "demo-hospital-b", "scope": "link", "days": "30"},
+        )
+        assert asked.status_code == 201, asked.text
+        (sent,) = outbox(archive)  # to the phone the demo put on record
+        assert sent.to.startswith("+86000000000") and re.search(r"\b\d{6}\b", sent.text)
+        doctor = re.findall(r"user demo-doctor-b  password (\S+)$", second.stdout, re.MULTILINE)
+        assert len(doctor) == 1
+        assert Accounts(archive).sign_in("demo-doctor-b", doctor[0], "127.0.0.1").user
         assert Accounts(archive).sign_in("demo-admin", password[0], "127.0.0.1").user

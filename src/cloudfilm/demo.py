@@ -22,6 +22,12 @@ DEMO_CREATOR = "demo"
 #: The demo's hospital and its admin user.
 DEMO_INSTITUTION = "demo-hospital"
 DEMO_ADMIN = "demo-admin"
+#: A second hospital, with a radiologist, that a demo patient can consent to show exams to.
+DEMO_OTHER_INSTITUTION = "demo-hospital-b"
+DEMO_DOCTOR = "demo-doctor-b"
+#: The phones on record of the demo patients (made-up numbers: the demo's one-time codes go
+#: to the outbox, ``cloudfilm patients outbox``, never to a phone).
+DEMO_PHONE_PREFIX = "+86000000000"
 #: (modality, slices or frames, charset, seed): one study per line, names in each charset.
 DEMO_STUDIES = (
     ("CT", 120, "gb18030", 1),
@@ -39,6 +45,7 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
     source = settings.data_dir / "demo-source"
     with Archive.open(settings) as archive:
         institution, password, key = demo_accounts(archive)
+        doctor_password = demo_second_hospital(archive)
         with archive.sessions() as session:
             existing = find_studies(session, StudyQuery(limit=1))
         if not existing:
@@ -54,6 +61,7 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
             console.print(f"imported {report.counts['stored']} instances")
         with archive.sessions() as session:
             studies = find_studies(session, StudyQuery(limit=50))
+        demo_phones(archive, studies)
         films = demo_films(archive, studies)
     base = f"http://{settings.http_host}:{settings.http_port}"
     lines = ["", "[bold]cloudfilm demo[/bold]", f"data folder: {Path(settings.data_dir).resolve()}"]
@@ -71,6 +79,12 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
         f"password {password}",
         f"API key (DICOMweb as hospital {DEMO_INSTITUTION}): curl -H 'Authorization: Bearer "
         f"{key}' {base}/dicomweb/studies",
+        "consent across hospitals: on a cloud film page choose 'Let another hospital see my exams', "
+        f"pick {DEMO_OTHER_INSTITUTION}; the one-time code goes to the demo outbox: "
+        f"cloudfilm patients outbox --data-dir {settings.data_dir}",
+        f"  then sign in as the other hospital's radiologist: user {DEMO_DOCTOR}  "
+        f"password {doctor_password}",
+        f"patient links across hospitals (staff): {base}/staff/patients",
         f"open {base}/health and {base}/metrics",
         "list studies: cloudfilm studies --data-dir " + str(settings.data_dir),
         "",
@@ -99,6 +113,50 @@ def demo_accounts(archive: Archive) -> tuple[int, str, str]:
             accounts.revoke_api_key(old.key_id)
     _, key = accounts.create_api_key(DEMO_INSTITUTION, "technologist", DEMO_CREATOR, "demo")
     return institution.pk, password, key
+
+
+def demo_second_hospital(archive: Archive) -> str:
+    """The second demo hospital and its radiologist (a new password each start), whom a demo
+    patient can consent to; returns the password to print."""
+    from cloudfilm.access.accounts import Accounts
+    from cloudfilm.core.errors import NotFound
+
+    accounts = Accounts(archive)
+    try:
+        accounts.institution(DEMO_OTHER_INSTITUTION)
+    except NotFound:
+        accounts.add_institution(DEMO_OTHER_INSTITUTION, "示范第二医院 Second Demo Hospital")
+    password = secrets.token_urlsafe(12)
+    try:
+        accounts.set_password(DEMO_DOCTOR, password)
+    except NotFound:
+        accounts.create_user(
+            DEMO_DOCTOR, password, "radiologist", DEMO_OTHER_INSTITUTION, "示范医生 Demo Doctor"
+        )
+    return password
+
+
+def demo_phones(archive: Archive, studies: list[StudySummary]) -> None:
+    """A phone on record for each demo patient that has none, so that the patient can consent
+    (the code goes to the outbox notifier)."""
+    from sqlalchemy import select
+
+    from cloudfilm.index.models import Patient
+    from cloudfilm.patients import pix
+
+    patient_ids = sorted({s.patient_id for s in studies})
+    with archive.sessions() as session:
+        patients = session.execute(
+            select(Patient.patient_id, Patient.issuer).where(Patient.patient_id.in_(patient_ids))
+        ).all()
+    for number, (patient_id, issuer) in enumerate(sorted(patients), start=1):
+        linked = pix.platform_id_of(archive, patient_id, issuer)
+        if linked is not None and pix.patient_info(archive, linked).phone_hint:
+            continue
+        pix.link(
+            archive, patient_id, issuer, phone=f"{DEMO_PHONE_PREFIX}{number:02d}",
+            source="staff", created_by=DEMO_CREATOR,
+        )  # fmt: skip
 
 
 def demo_settings(settings: Settings) -> Settings:
