@@ -61,7 +61,8 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
             console.print(f"imported {report.counts['stored']} instances")
         with archive.sessions() as session:
             studies = find_studies(session, StudyQuery(limit=50))
-        demo_phones(archive, studies)
+        if not existing:  # only the demo's own patients get a made-up phone
+            demo_phones(archive, studies)
         films = demo_films(archive, studies)
     base = f"http://{settings.http_host}:{settings.http_port}"
     lines = ["", "[bold]cloudfilm demo[/bold]", f"data folder: {Path(settings.data_dir).resolve()}"]
@@ -79,8 +80,8 @@ def prepare_demo(settings: Settings, console: Console) -> list[str]:
         f"password {password}",
         f"API key (DICOMweb as hospital {DEMO_INSTITUTION}): curl -H 'Authorization: Bearer "
         f"{key}' {base}/dicomweb/studies",
-        "consent across hospitals: on a cloud film page choose 'Let another hospital see my exams', "
-        f"pick {DEMO_OTHER_INSTITUTION}; the one-time code goes to the demo outbox: "
+        "consent across hospitals: on a cloud film page choose 'Let another hospital see my "
+        f"exams', pick {DEMO_OTHER_INSTITUTION}; the one-time code goes to the demo outbox: "
         f"cloudfilm patients outbox --data-dir {settings.data_dir}",
         f"  then sign in as the other hospital's radiologist: user {DEMO_DOCTOR}  "
         f"password {doctor_password}",
@@ -137,8 +138,8 @@ def demo_second_hospital(archive: Archive) -> str:
 
 
 def demo_phones(archive: Archive, studies: list[StudySummary]) -> None:
-    """A phone on record for each demo patient that has none, so that the patient can consent
-    (the code goes to the outbox notifier)."""
+    """A made-up phone on record for each patient of the demo's own studies that has none,
+    so that the patient can consent (the demo's codes go to the outbox notifier)."""
     from sqlalchemy import select
 
     from cloudfilm.index.models import Patient
@@ -161,11 +162,12 @@ def demo_phones(archive: Archive, studies: list[StudySummary]) -> None:
 
 def demo_settings(settings: Settings) -> Settings:
     """The demo's settings: links point at the demo server's own address, unless
-    ``public_base_url`` was set explicitly."""
-    if "public_base_url" in settings.model_fields_set:
-        return settings
-    address = f"http://{settings.http_host}:{settings.http_port}"
-    return settings.model_copy(update={"public_base_url": address})
+    ``public_base_url`` was set explicitly; one-time codes always go to the outbox (the demo
+    patients' phones are made up)."""
+    update: dict[str, object] = {"notifier": "outbox"}
+    if "public_base_url" not in settings.model_fields_set:
+        update["public_base_url"] = f"http://{settings.http_host}:{settings.http_port}"
+    return settings.model_copy(update=update)
 
 
 @dataclass(frozen=True)

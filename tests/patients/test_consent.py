@@ -332,6 +332,11 @@ def test_a_consent_lets_b_see_never_change(platform: Platform) -> None:
     report = tech.post(f"/api/studies/{p.a_study}/reports", json={"text": "mine"})
     assert report.status_code == 403
     assert tech.post(f"/api/studies/{p.b_study}/films", json=film).status_code == 201
+    # nor widen the consent it was given: recording one in person is for A, which holds it
+    wider = {"study_uid": p.a_study, "institution": "hosp-b", "days": 365}
+    assert tech.post("/api/consents", json=wider).status_code == 403
+    relink = {"patient_id": "A-001", "issuer": "hosp-a", "phone": "13900009999"}
+    assert tech.post("/api/pix/links", json=relink).status_code == 404
     page = p.as_("b-doc").get(f"/staff/studies/{p.a_study}")
     assert page.status_code == 200
     assert 'id="recognition-form"' in page.text and 'id="share-table"' not in page.text

@@ -160,3 +160,41 @@ def test_platform_admin_merges_and_splits(platform: Platform) -> None:
         assert refused.status_code == 403 and "platform administrator" in refused.text
     assert pix.platform_id_of(p.archive, "A-002", "hosp-a") == alone
     assert pix.platform_id_of(p.archive, "A-001", "hosp-a") == person
+
+
+def test_staff_cannot_take_over_another_hospital_s_patient(platform: Platform) -> None:
+    """Linking one's own patient to a person one does not see, or replacing the phone of a
+    person other hospitals hold too (their consent codes go there), is refused and changes
+    nothing; the platform administrator may."""
+    p = platform
+    person = pix.platform_id_of(p.archive, "A-001", "hosp-a")
+    assert person is not None
+    hers = pix.split(p.archive, "B-777", "hosp-b")  # B's patient, a person of her own
+    client = signed_in(p, "a-tech")
+    assert client.get("/staff/patients", params={"platform_id": hers}).status_code == 404
+    page = client.get("/staff/patients")
+    taken = post(client, "link", page, patient_id="A-002", issuer="hosp-a", target=hers,
+                 phone="13900009999")  # fmt: skip
+    assert taken.status_code == 404 and hers not in taken.text
+    rest = client.post("/api/pix/links", json={"patient_id": "A-002", "issuer": "hosp-a",
+                                                "platform_id": hers})  # fmt: skip
+    assert rest.status_code == 404
+    assert pix.platform_id_of(p.archive, "A-002", "hosp-a") is None
+    assert pix.patient_info(p.archive, hers).phone_hint == ""
+    # A-001's person is held by B and C too, with a phone on record: staff may not change it
+    before = pix.patient_info(p.archive, person).phone_hint
+    phone = post(client, "link", page, patient_id="A-001", issuer="hosp-a", phone="13900009999")
+    assert phone.status_code == 403 and "platform administrator" in phone.text
+    rest_phone = client.post("/api/pix/links", json={"patient_id": "A-001", "issuer": "hosp-a",
+                                                      "phone": "13900009999"})  # fmt: skip
+    assert rest_phone.status_code == 403
+    assert pix.patient_info(p.archive, person).phone_hint == before
+    admin = signed_in(p, "admin")
+    done = post(admin, "link", admin.get("/staff/patients"), patient_id="A-001",
+                issuer="hosp-a", phone="13900009999")  # fmt: skip
+    assert done.status_code == 303
+    assert pix.patient_info(p.archive, person).phone_hint == "9999"
+    # a hospital that does not hold the patient learns nothing of the person
+    b_tech = signed_in(p, "b-tech")
+    found = b_tech.get("/staff/patients", params={"patient_id": "A-001", "issuer": "hosp-a"})
+    assert found.status_code == 404 and person not in found.text

@@ -35,6 +35,7 @@ from cloudfilm.archive import Archive
 from cloudfilm.core.errors import CloudFilmError, Forbidden, MalformedRequest
 from cloudfilm.patients import pix
 from cloudfilm.patients.routes import (
+    link_for,
     require_link_reviewer,
     require_platform_admin,
     require_sees_patient,
@@ -90,7 +91,6 @@ def _patient_view(request: Request, info: pix.PlatformPatientInfo) -> dict[str, 
                 "source": link.source,
                 "institutions": ", ".join(link.institutions),
                 "studies": link.studies,
-                "search_url": f"{_root(request)}/staff/?patient_id={link.patient_id}",
             }
             for link in info.links
         ],
@@ -113,6 +113,7 @@ def _page(
     searched = False
     not_linked = False
     problem = error
+    patient_id: str | None = None
     try:
         platform_id = _platform_id(values, "platform_id")
         patient_id, issuer = _patient(values)
@@ -128,6 +129,8 @@ def _page(
                 shown = visible_platform_patient(archive, principal, found)
     except CloudFilmError as exc:
         problem = problem or exc
+    if shown is not None and request.method == "GET":  # the audit row names what was seen
+        audit_as(request, "view", f"platform patient {shown.id}", patient_id=patient_id or "")
     platform_admin = principal.all_institutions or principal.kind == "development"
     rows: list[pix.LinkRow] = []
     if platform_admin or principal.institution_pk is not None:
@@ -154,7 +157,8 @@ def _page(
                 "platform_id": row.platform_id,
                 "url": _view_url(request, row.platform_id),
                 "source": row.source,
-                "created_by": row.created_by,
+                # who made it: the platform administrator's to see (may be another hospital)
+                "created_by": row.created_by if platform_admin else "",
                 "created_at": row.created_at.strftime("%Y-%m-%d %H:%M UTC"),
                 "linked": row.linked,
             }
@@ -201,10 +205,9 @@ def _link(
         phone = text_field(form, "phone", 32)
         if strong_key is None and platform_id is None and phone is None:
             raise MalformedRequest("give a strong key, a platform patient id or a phone")
-        require_sees_patient(archive, principal, patient_id, issuer, holds=True)
-        info = pix.link(
-            archive, patient_id, issuer, strong_key=strong_key, platform_id=platform_id,
-            phone=phone, source="staff", created_by=principal.label,
+        info = link_for(
+            archive, principal, patient_id, issuer, strong_key=strong_key,
+            platform_id=platform_id, phone=phone, source="staff",
         )  # fmt: skip
     except CloudFilmError as exc:
         return _page(request, archive, principal, {**form, "page": ""}, error=exc)

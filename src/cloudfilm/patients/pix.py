@@ -37,7 +37,7 @@ from sqlalchemy.orm import aliased
 
 from cloudfilm.archive import Archive
 from cloudfilm.core.config import Settings
-from cloudfilm.core.errors import InvalidQuery, NotFound
+from cloudfilm.core.errors import Forbidden, InvalidQuery, NotFound
 from cloudfilm.index.models import (
     Consent,
     Institution,
@@ -249,10 +249,15 @@ def link(
     phone: str | None = None,
     source: str = "staff",
     created_by: str = "",
+    phone_institution: int | None = None,
 ) -> PlatformPatientInfo:
     """Link (or re-link) an index patient: to the platform patient of ``strong_key`` (made
     when new), or to ``platform_id``; with neither, keep its link (made new when none) and
     only set the phone.
+
+    With ``phone_institution`` (the caller's institution, for staff), a phone already on
+    record is replaced only when that institution alone holds the person's studies; otherwise
+    nothing changes and ``Forbidden`` says why.
 
     Raises
     ------
@@ -301,9 +306,19 @@ def link(
             conn.execute(
                 update(PatientLink)
                 .where(PatientLink.patient_pk == patient_pk)
-                .values(platform_patient_pk=target, source=source, created_by=created_by[:200])
+                .values(
+                    platform_patient_pk=target,
+                    source=source,
+                    created_by=created_by[:200],
+                    created_at=utcnow(),
+                )
             )
         if wanted_phone:
+            if phone_institution is not None and _phone_of_others(conn, target, phone_institution):
+                raise Forbidden(
+                    "other hospitals hold this person's exams too: the phone on record, where "
+                    "their consent codes go, is changed by the platform administrator"
+                )
             _set_phone(conn, target, wanted_phone, settings)
         public_id = conn.execute(
             select(PlatformPatient.id).where(PlatformPatient.pk == target)
@@ -311,6 +326,27 @@ def link(
     logger.info("patient %s (issuer %r) linked to %s by %s", patient_id, issuer, public_id,
                 created_by or source)  # fmt: skip
     return patient_info(archive, public_id)
+
+
+def _phone_of_others(conn: Connection, platform_pk: int, institution_pk: int) -> bool:
+    """Whether the platform patient has a phone on record and a study that another
+    institution than ``institution_pk`` owns or holds."""
+    has_phone = conn.execute(
+        select(PlatformPatient.phone_sealed).where(PlatformPatient.pk == platform_pk)
+    ).scalar()
+    if not has_phone:
+        return False
+    other = conn.execute(
+        select(StudyAccess.study_pk)
+        .join(Study, Study.pk == StudyAccess.study_pk)
+        .join(PatientLink, PatientLink.patient_pk == Study.patient_pk)
+        .where(
+            PatientLink.platform_patient_pk == platform_pk,
+            StudyAccess.institution_pk != institution_pk,
+        )
+        .limit(1)
+    ).first()
+    return other is not None
 
 
 def _key_of(conn: Connection, pk: int) -> str | None:
@@ -328,7 +364,12 @@ def split(archive: Archive, patient_id: str, issuer: str = "", *, created_by: st
         conn.execute(
             update(PatientLink)
             .where(PatientLink.patient_pk == patient_pk)
-            .values(platform_patient_pk=target, source="staff", created_by=created_by[:200])
+            .values(
+                platform_patient_pk=target,
+                source="staff",
+                created_by=created_by[:200],
+                created_at=utcnow(),
+            )
         )
         if not conn.execute(
             select(PatientLink.patient_pk).where(PatientLink.patient_pk == patient_pk)

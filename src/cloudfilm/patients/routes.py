@@ -166,14 +166,11 @@ async def link_patient(
     if not principal.can_store():
         raise Forbidden("the identity feed needs a principal that may store")
     body = await _body(request, LinkBody)
-    await run_in_threadpool(
-        lambda: require_sees_patient(archive, principal, body.patient_id, body.issuer, holds=True)
-    )
     info = await run_in_threadpool(
-        lambda: pix.link(
-            archive, body.patient_id, body.issuer, strong_key=body.strong_key,
+        lambda: link_for(
+            archive, principal, body.patient_id, body.issuer, strong_key=body.strong_key,
             platform_id=body.platform_id, phone=body.phone,
-            source="feed" if principal.kind == "apikey" else "staff", created_by=principal.label,
+            source="feed" if principal.kind == "apikey" else "staff",
         )
     )  # fmt: skip
     audit_as(request, "patient-link", f"to {info.id}", patient_id=body.patient_id)
@@ -189,6 +186,34 @@ async def show_platform_patient(
     """A platform patient and its links (for review)."""
     info = await run_in_threadpool(visible_platform_patient, archive, principal, platform_id)
     return JSONResponse(info.as_json())
+
+
+def link_for(
+    archive: Archive,
+    principal: Principal,
+    patient_id: str,
+    issuer: str,
+    *,
+    strong_key: str | None,
+    platform_id: str | None,
+    phone: str | None,
+    source: str,
+) -> pix.PlatformPatientInfo:
+    """``pix.link`` as ``principal`` may: a patient its institution owns or holds a study of
+    (a consent lets it see a patient, never re-link them), to a platform patient it may review
+    (one with a patient of its own; any for the platform administrator). The phone of a
+    person whom other hospitals hold too is replaced only by the platform administrator: it
+    is where that person's consent codes go.
+    """
+    require_sees_patient(archive, principal, patient_id, issuer, holds=True)
+    admin = principal.all_institutions or principal.kind == "development"
+    if platform_id is not None and not admin:
+        visible_platform_patient(archive, principal, platform_id)
+    return pix.link(
+        archive, patient_id, issuer, strong_key=strong_key, platform_id=platform_id,
+        phone=phone, source=source, created_by=principal.label,
+        phone_institution=None if admin else principal.institution_pk,
+    )  # fmt: skip
 
 
 def require_link_reviewer(principal: Principal) -> None:
@@ -208,7 +233,7 @@ def visible_platform_patient(
     if not principal.all_institutions and principal.kind != "development":
         mine = principal.institution
         if not any(mine in link.institutions for link in info.links):
-            raise NotFound(f"no platform patient {platform_id}")
+            raise NotFound("no such platform patient among your hospital's patients")
     return info
 
 
@@ -332,6 +357,8 @@ async def record_consent(
     body = await _body(request, ConsentBody)
     if not principal.can_view_study(body.study_uid):
         raise NotFound(f"study {body.study_uid} not found")
+    if not principal.can_change_study(body.study_uid):  # seen through a consent: not ours
+        raise Forbidden("only a hospital that holds the exam records the patient's consent")
     info = await run_in_threadpool(
         lambda: consents.record_by_staff(
             archive, body.study_uid, institution=body.institution, username=body.username,

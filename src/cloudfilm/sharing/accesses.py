@@ -32,8 +32,9 @@ AUDIT_ACTIONS = {"open": "share-open", "download": "download", "renew": "share-r
 ACTIONS = tuple(AUDIT_ACTIONS)
 _FROM_AUDIT = {audit: action for action, audit in AUDIT_ACTIONS.items()}
 MAX_LISTED = 500
-#: How long a listing waits for queued audit rows to be written, in seconds.
-FLUSH_SECONDS = 5.0
+#: How long a listing waits for this process's queued audit rows to be written, in seconds
+#: (with the database slow or down the list is shown without them rather than late).
+FLUSH_SECONDS = 1.0
 
 
 def truncate_address(address: str) -> str:
