@@ -145,13 +145,18 @@ def _wait_until(url: str, proc: subprocess.Popen[bytes], name: str, log: Path) -
     raise SystemExit(f"{name} did not answer {url}")
 
 
-def start_cloudfilm(folder: Path) -> Server:
+def start_cloudfilm(folder: Path, principal: str = "development") -> Server:
+    """A cloudfilm server on a fresh data folder. ``principal``: ``development`` (requests
+    without credentials) or ``institution`` (every request with the API key of a hospital's
+    technologist, so that stores are that hospital's and queries pay for its access rules:
+    the institution's studies or a patient's consent)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     port = free_port()
     env = child_env(drop_prefixes=("CLOUDFILM_",))
     env.update(CLOUDFILM_DATA_DIR=str(folder / "data"), CLOUDFILM_MIN_FREE_BYTES="0",
                CLOUDFILM_HTTP_PORT=str(port), CLOUDFILM_LOG_LEVEL="WARNING")  # fmt: skip
+    key = _institution_key(env) if principal == "institution" else None
     log = folder / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -160,7 +165,25 @@ def start_cloudfilm(folder: Path) -> Server:
         )  # fmt: skip
     origin = f"http://127.0.0.1:{port}"
     _wait_until(f"{origin}/health", proc, "cloudfilm", log)
-    return Server("cloudfilm", f"{origin}/dicomweb", proc)
+    server = Server("cloudfilm", f"{origin}/dicomweb", proc)
+    if key is not None:
+        server.session.headers["Authorization"] = f"Bearer {key}"
+    return server
+
+
+def _institution_key(env: dict[str, str]) -> str:
+    """Add the hospital ``bench`` and create its technologist's API key (``cloudfilm`` CLI)."""
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudfilm.cli", *args], env=env, cwd=ROOT,
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    cli("institutions", "add", "bench", "--name", "Bench Hospital")
+    created = json.loads(cli("apikeys", "create", "--institution", "bench", "--json"))
+    return str(created["key"])
 
 
 def start_orthanc() -> Server:
@@ -376,6 +399,8 @@ def stow_one_request(server: Server, data: Data) -> list[float]:
 
 def stow_many_requests(server: Server, data: Data, concurrency: int) -> list[float]:
     sessions = [requests.Session() for _ in range(concurrency)]
+    for session in sessions:  # the same credentials as the server's own session
+        session.headers.update(server.session.headers)
 
     def send(index: int) -> None:
         stow(server, [data.ct[index]], sessions[index % concurrency])
@@ -487,7 +512,7 @@ def run(args: argparse.Namespace) -> Results:
         order = ["cloudfilm", "Orthanc"] if round_index % 2 == 0 else ["Orthanc", "cloudfilm"]
         for name in order:
             for workload in ("stow-1-request", "stow-300-requests"):
-                server = _start(name, round_index)
+                server = _start(name, round_index, args.principal)
                 try:
                     _quiet(args, results)
                     if workload == "stow-1-request":
@@ -502,7 +527,7 @@ def run(args: argparse.Namespace) -> Results:
                 finally:
                     server.stop()
     for name in ("cloudfilm", "Orthanc"):
-        server = _start(name, 99)
+        server = _start(name, 99, args.principal)
         try:
             stow(server, data.ct)
             start = time.perf_counter()
@@ -532,9 +557,9 @@ def run(args: argparse.Namespace) -> Results:
     return results
 
 
-def _start(name: str, index: int) -> Server:
+def _start(name: str, index: int, principal: str = "development") -> Server:
     if name == "cloudfilm":
-        return start_cloudfilm(RUN_DIR / f"cloudfilm-{index}")
+        return start_cloudfilm(RUN_DIR / f"cloudfilm-{index}", principal)
     return start_orthanc()
 
 
@@ -588,6 +613,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "below 0.3 busy cores (use it on a shared machine)",
     )
     parser.add_argument(
+        "--principal",
+        choices=("development", "institution"),
+        default="development",
+        help="who cloudfilm's requests come from: no credentials (development, the default) or "
+        "a hospital's API key (institution: its access rules, consents included, are paid for)",
+    )
+    parser.add_argument(
         "--check-orthanc-config", action="store_true", help="only check the Orthanc configuration"
     )
     return parser.parse_args(argv)
@@ -616,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ORTHANC_CONFIG.relative_to(ROOT)
     print(f"orthanc:  {version}, DICOMweb plugin of orthanc-dicomweb; config {config}")
     print(
-        f"client:   requests, concurrency {args.concurrency}; {args.rounds} STOW rounds; "
+        f"client:   requests, concurrency {args.concurrency}, cloudfilm principal "
+        f"{args.principal}; {args.rounds} STOW rounds; "
         f"{args.repeat} requests per read workload; {args.small_studies} small studies"
     )
     for key, value in results.info.items():
