@@ -336,3 +336,17 @@ def test_hostile_forms_get_a_clean_refusal(
         assert answer.status_code == status, share_id
         assert 'id="staff-error"' in answer.text
     assert links.get(kept.info.id).revoked_at is None
+
+
+def test_the_share_list_pages_by_fifty(
+    staff: httpx.Client, people: People, links: ShareLinks
+) -> None:
+    made = [links.issue(ShareRequest(study_uids=[people.a1.study])).info.id for _ in range(51)]
+    first = staff.get("/staff/shares")
+    assert first.status_code == 200 and len(share_ids(first)) == 50
+    assert 'rel="next"' in first.text and 'rel="prev"' not in first.text
+    assert "Page 1" in first.text
+    second = staff.get("/staff/shares", params={"page": "2"})
+    assert second.status_code == 200 and 'rel="prev"' in second.text
+    assert 'rel="next"' not in second.text
+    assert set(share_ids(first)) | set(share_ids(second)) == set(made)
