@@ -121,12 +121,17 @@ class World:
     #: An unmatched printed film of hospital A (``{film_id}``).
     printed: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Another share of A's study, the one the staff routes that revoke act on: the doors run
+    #: in any order (test workers take them as they come), and the others need theirs active.
+    revoke_share: str = ""
 
     def path(self, template: str, caller: str, study: Study) -> str:
         token = self.tokens.get(caller, self.tokens["share-locked"])
         if template.startswith("/static/"):
             template = template.replace("{path:path}", "base.css")
         share_id = self.child_share if template.startswith("/s/") else self.target_share
+        if template.endswith("/{share_id}/revoke") and not template.startswith("/s/"):
+            share_id = self.revoke_share
         values = {
             "token": token, "study": study.study, "study_uid": study.study,
             "series": study.series, "sop": study.sop, "frame_list": "1", "share_id": share_id,
@@ -231,6 +236,7 @@ def build_world(archive: Archive, client: TestClient, settings: Any) -> World:
     client.cookies.clear()
     child = links.reshare(share_a.info.id, ShareRequest(permissions=["view"]), now)
     world = World(client, study_a, study_b, target.info.id, child.info.id, tokens, headers, cookies)
+    world.revoke_share = issue(study_a.study).info.id
     world.printed = str(_unmatched_film(archive, "hosp-a"))
     return world
 
